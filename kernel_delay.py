@@ -1,0 +1,1892 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+#
+# Copyright (c) 2026 The kernel_delay authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at:
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""kernel_delay: is it Open vSwitch, or is the Linux kernel to blame?
+
+Attaches eBPF probes to the threads of one process (by default the single
+running ovs-vswitchd) and reports, per thread, where the time went during a
+sample window: system calls, the gaps between poll() calls, time on a CPU,
+time waiting for a CPU, time stopped, and hard and soft interrupts.  The
+window is either a fixed time or the interval between two trigger events.
+
+The eBPF program takes no kernel struct layout from headers: it uses
+tracepoint fields, and the three task_struct fields it needs (pid, tgid and
+the scheduler state) at offsets read from the running kernel's BTF.
+
+Dependencies: bcc (Debian python3-bpfcc, Fedora/RHEL python3-bcc), psutil.
+Documentation: kernel_delay.rst next to this file.
+"""
+
+import argparse
+import datetime
+import enum
+import os
+import platform
+import re
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+try:
+    import bcc
+except ImportError:
+    bcc = None
+
+try:
+    import psutil
+except ImportError:
+    psutil = None
+
+
+# ---- Exit codes (documented in kernel_delay.rst) ---------------------------
+
+EXIT_CODES = {
+    os.EX_OK: "success",
+    2: "invalid command line (argparse)",
+    os.EX_USAGE: "several ovs-vswitchd processes: pick one with --pid",
+    os.EX_NOINPUT: "the target process does not exist",
+    os.EX_UNAVAILABLE: "the kernel lacks something the tool needs",
+    os.EX_SOFTWARE: "internal error: the eBPF program failed to load",
+    os.EX_OSFILE: "a Python dependency (bcc, psutil) is missing",
+    os.EX_OSERR: "attaching a probe failed",
+    os.EX_NOPERM: "not running as root",
+    os.EX_CONFIG: "a trigger names a probe, symbol or library that "
+                  "does not exist",
+}
+
+
+class Fatal(Exception):
+    """An error that ends the run: one line for stderr and an exit code."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+# ---- The eBPF program ------------------------------------------------------
+#
+# Tokens look like @NAME@ (never valid C) and are all replaced in a single
+# pass by render_bpf_source(), which then checks that none is left.
+
+EBPF_SOURCE = r"""
+@HEADERS@
+#define MONITOR_TGID    @MONITOR_TGID@
+#define MAX_THREADS     @MAX_THREADS@
+#define MAX_SYS_KEYS    @MAX_SYS_KEYS@
+#define MAX_IRQ_KEYS    @MAX_IRQ_KEYS@
+
+/* Where pid, tgid and the scheduler state live inside struct task_struct
+ * on the running kernel. */
+#define TASK_PID_OFF    @TASK_PID_OFF@
+#define TASK_TGID_OFF   @TASK_TGID_OFF@
+#define TASK_STATE_OFF  @TASK_STATE_OFF@
+typedef @TASK_STATE_TYPE@ task_state_t;
+
+/* __TASK_STOPPED (0x4, SIGSTOP and job control) and __TASK_TRACED (0x8,
+ * ptrace stops) have had these values since Linux 2.6. */
+#define STOPPED_STATE_MASK 0xc
+
+/* poll() and ppoll(): their gaps are what OVS's "Unreasonably long ...ms
+ * poll interval" message measures. */
+#define IS_POLL(nr) (@POLL_TEST@)
+
+enum event_type {
+@EVENT_ENUM@
+};
+
+enum counter {
+@COUNTER_ENUM@
+};
+
+enum capture_state {
+@CAPTURE_ENUM@
+};
+
+struct event_t {
+    u64 ts;
+    u32 tid;
+    u32 type;
+};
+
+/* count, total, min and max of a set of durations in ns */
+struct acc_t {
+    u64 count;
+    u64 total;
+    u64 min;
+    u64 max;
+};
+
+struct sys_start_t {
+    u64 ts;
+    u64 nr;
+};
+
+struct sys_key_t {
+    u32 tid;
+    u32 nr;
+};
+
+struct hardirq_start_t {
+    u64 ts;
+    u32 irq;
+    char name[32];
+};
+
+struct hardirq_key_t {
+    u32 tid;
+    u32 irq;
+    char name[32];
+};
+
+struct softirq_start_t {
+    u64 ts;
+    u32 vec;
+};
+
+struct softirq_key_t {
+    u32 tid;
+    u32 vec;
+};
+
+struct name_t {
+    char comm[16];
+};
+
+BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
+BPF_PERCPU_ARRAY(counters, u64, @COUNTER_COUNT@);
+BPF_ARRAY(capture, u64, 1);
+
+BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
+BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
+BPF_HASH(poll_ret, u32, u64, MAX_THREADS);
+BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
+BPF_HASH(run_start, u32, u64, MAX_THREADS);
+BPF_HASH(run_stats, u32, struct acc_t, MAX_THREADS);
+BPF_HASH(ready_start, u32, u64, MAX_THREADS);
+BPF_HASH(ready_stats, u32, struct acc_t, MAX_THREADS);
+BPF_HASH(stop_start, u32, u64, MAX_THREADS);
+BPF_HASH(stop_stats, u32, struct acc_t, MAX_THREADS);
+BPF_PERCPU_ARRAY(hardirq_start, struct hardirq_start_t, 1);
+BPF_HASH(hardirq_stats, struct hardirq_key_t, struct acc_t, MAX_IRQ_KEYS);
+BPF_PERCPU_ARRAY(softirq_start, struct softirq_start_t, 1);
+BPF_HASH(softirq_stats, struct softirq_key_t, struct acc_t, MAX_IRQ_KEYS);
+BPF_HASH(exit_names, u32, struct name_t, MAX_THREADS);
+
+static __always_inline void bump(u32 idx)
+{
+    u64 *val = counters.lookup(&idx);
+
+    if (val)
+        (*val)++;   /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline u64 capture_state(void)
+{
+    u32 key = 0;
+    u64 *val = capture.lookup(&key);
+
+    return val ? *val : CAPTURE_ARMED;
+}
+
+static __always_inline bool capturing(void)
+{
+    return capture_state() == CAPTURE_RUNNING;
+}
+
+static __always_inline bool is_target(u64 pid_tgid)
+{
+    return (pid_tgid >> 32) == MONITOR_TGID;
+}
+
+static __always_inline u32 task_tgid(void *task)
+{
+    u32 val = 0;
+
+    bpf_probe_read_kernel(&val, sizeof(val), task + TASK_TGID_OFF);
+    return val;
+}
+
+static __always_inline u32 task_pid(void *task)
+{
+    u32 val = 0;
+
+    bpf_probe_read_kernel(&val, sizeof(val), task + TASK_PID_OFF);
+    return val;
+}
+
+static __always_inline u64 task_state(void *task)
+{
+    task_state_t val = 0;
+
+    bpf_probe_read_kernel(&val, sizeof(val), task + TASK_STATE_OFF);
+    return val;
+}
+
+static __always_inline void acc_add(struct acc_t *acc, u64 delta)
+{
+    acc->count++;
+    acc->total += delta;
+    if (acc->count == 1 || delta < acc->min)
+        acc->min = delta;
+    if (delta > acc->max)
+        acc->max = delta;
+}
+
+/* BCC rewrites map calls, but not inside macros: these helpers take the
+ * result of a map call instead. */
+static __always_inline void account(struct acc_t *acc, u64 delta, u32 full)
+{
+    if (acc)
+        acc_add(acc, delta);
+    else
+        bump(full);     /* lookup_or_try_init() failed: table full */
+}
+
+static __always_inline void check_store(int err, u32 full)
+{
+    if (err)
+        bump(full);
+}
+
+/* 1 + the time since a start stamp, or 0 when there is none. */
+static __always_inline u64 since(u64 *start, u64 now)
+{
+    return start ? now - *start + 1 : 0;
+}
+
+static __always_inline void emit(u32 type, u64 now)
+{
+    struct event_t *event = events.ringbuf_reserve(sizeof(*event));
+
+    if (!event) {
+        bump(COUNTER_RINGBUF_FULL);
+        return;
+    }
+    event->ts = now;
+    event->tid = bpf_get_current_pid_tgid();
+    event->type = type;
+    events.ringbuf_submit(event, 0);
+}
+
+/* ---- System calls and poll() gaps ---------------------------------- */
+
+TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (!is_target(pid_tgid) || !capturing())
+        return 0;
+
+    u32 tid = pid_tgid;
+    u64 now = bpf_ktime_get_ns();
+    struct sys_start_t start = { .ts = now, .nr = args->id };
+
+    check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
+
+    if (IS_POLL(args->id)) {
+        struct acc_t zero = {};
+        u64 gap = since(poll_ret.lookup(&tid), now);
+
+        if (gap) {
+            poll_ret.delete(&tid);
+            account(poll_stats.lookup_or_try_init(&tid, &zero), gap - 1,
+                    COUNTER_POLL_FULL);
+        }
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (!is_target(pid_tgid) || !capturing())
+        return 0;
+
+    u32 tid = pid_tgid;
+    struct sys_start_t *start = sys_start.lookup(&tid);
+
+    /* Calls that entered before the window have no start stamp. */
+    if (!start)
+        return 0;
+
+    u64 now = bpf_ktime_get_ns();
+    struct sys_key_t key = { .tid = tid, .nr = start->nr };
+    u64 delta = now - start->ts;
+    struct acc_t zero = {};
+
+    sys_start.delete(&tid);
+    account(sys_stats.lookup_or_try_init(&key, &zero), delta,
+            COUNTER_SYS_STATS_FULL);
+    if (IS_POLL(key.nr))
+        check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
+    return 0;
+}
+
+/* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
+
+static __always_inline void ready_since(void *task, u64 now)
+{
+    if (!capturing() || task_tgid(task) != MONITOR_TGID)
+        return;
+
+    u32 tid = task_pid(task);
+
+    /* Keep an older stamp: a wakeup of a task that is already queued
+     * (preempted while going to sleep) does not restart its wait. */
+    int err = ready_start.insert(&tid, &now);
+
+    if (err && err != -EEXIST)
+        bump(COUNTER_READY_FULL);
+}
+
+/* args: struct task_struct *p */
+RAW_TRACEPOINT_PROBE(sched_wakeup)
+{
+    ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup_new)
+{
+    ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    return 0;
+}
+
+/* args: bool preempt, struct task_struct *prev, struct task_struct *next
+ * (and unsigned int prev_state since 5.18).  It fires in __schedule()
+ * before the switch, so current is still prev. */
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    if (!capturing())
+        return 0;
+
+    u64 now = bpf_ktime_get_ns();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct acc_t zero = {};
+    u64 delta;
+
+    if (is_target(pid_tgid)) {
+        u32 tid = pid_tgid;
+        void *prev = (void *)ctx->args[1];
+        /* The state is read live rather than from the prev_state
+         * argument: __schedule() resets it to TASK_RUNNING when a
+         * signal is pending, and the task then stays queued. */
+        u64 state = task_state(prev);
+        bool preempted = ctx->args[0] & 1;
+
+        delta = since(run_start.lookup(&tid), now);
+        if (delta) {
+            run_start.delete(&tid);
+            account(run_stats.lookup_or_try_init(&tid, &zero), delta - 1,
+                    COUNTER_RUN_FULL);
+        }
+
+        /* Preempted, or yielding while runnable: still on the run
+         * queue, so its wait for a CPU starts now. */
+        if (preempted || state == 0)
+            check_store(ready_start.update(&tid, &now), COUNTER_READY_FULL);
+        else
+            ready_start.delete(&tid);
+
+        if (!preempted && (state & STOPPED_STATE_MASK))
+            check_store(stop_start.update(&tid, &now), COUNTER_STOP_FULL);
+    }
+
+    void *next = (void *)ctx->args[2];
+
+    if (task_tgid(next) != MONITOR_TGID)
+        return 0;
+
+    u32 tid = task_pid(next);
+
+    delta = since(ready_start.lookup(&tid), now);
+    if (delta) {
+        ready_start.delete(&tid);
+        account(ready_stats.lookup_or_try_init(&tid, &zero), delta - 1,
+                COUNTER_READY_FULL);
+    }
+    delta = since(stop_start.lookup(&tid), now);
+    if (delta) {
+        stop_start.delete(&tid);
+        account(stop_stats.lookup_or_try_init(&tid, &zero), delta - 1,
+                COUNTER_STOP_FULL);
+    }
+    check_store(run_start.update(&tid, &now), COUNTER_RUN_FULL);
+    return 0;
+}
+
+/* Keep the names of threads that exit inside the window. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (!is_target(pid_tgid) || !capturing())
+        return 0;
+
+    u32 tid = pid_tgid;
+    struct name_t name = {};
+
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    check_store(exit_names.update(&tid, &name), COUNTER_NAME_FULL);
+    return 0;
+}
+
+/* ---- Interrupts taken while a target thread was on the CPU ----------- */
+/* Handlers do not nest on one CPU, so one per-CPU start slot suffices. */
+
+TRACEPOINT_PROBE(irq, irq_handler_entry)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 zero = 0;
+
+    if (!is_target(pid_tgid) || !capturing())
+        return 0;
+
+    struct hardirq_start_t *start = hardirq_start.lookup(&zero);
+
+    if (!start)
+        return 0;
+    start->ts = bpf_ktime_get_ns();
+    start->irq = args->irq;
+    TP_DATA_LOC_READ_STR(&start->name, name, sizeof(start->name));
+    return 0;
+}
+
+TRACEPOINT_PROBE(irq, irq_handler_exit)
+{
+    u32 zero = 0;
+    struct hardirq_start_t *start = hardirq_start.lookup(&zero);
+
+    if (!start || !start->ts)
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (is_target(pid_tgid) && capturing()) {
+        struct hardirq_key_t key = { .tid = (u32)pid_tgid,
+                                     .irq = start->irq };
+        struct acc_t zero = {};
+
+        __builtin_memcpy(&key.name, start->name, sizeof(key.name));
+        account(hardirq_stats.lookup_or_try_init(&key, &zero),
+                bpf_ktime_get_ns() - start->ts, COUNTER_HARDIRQ_FULL);
+    }
+    start->ts = 0;
+    return 0;
+}
+
+TRACEPOINT_PROBE(irq, softirq_entry)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 zero = 0;
+
+    if (!is_target(pid_tgid) || !capturing())
+        return 0;
+
+    struct softirq_start_t *start = softirq_start.lookup(&zero);
+
+    if (!start)
+        return 0;
+    start->ts = bpf_ktime_get_ns();
+    start->vec = args->vec;
+    return 0;
+}
+
+TRACEPOINT_PROBE(irq, softirq_exit)
+{
+    u32 zero = 0;
+    struct softirq_start_t *start = softirq_start.lookup(&zero);
+
+    if (!start || !start->ts)
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (is_target(pid_tgid) && capturing()) {
+        struct softirq_key_t key = { .tid = (u32)pid_tgid,
+                                     .vec = start->vec };
+        struct acc_t zero = {};
+
+        account(softirq_stats.lookup_or_try_init(&key, &zero),
+                bpf_ktime_get_ns() - start->ts, COUNTER_SOFTIRQ_FULL);
+    }
+    start->ts = 0;
+    return 0;
+}
+
+/* ---- Triggers -------------------------------------------------------- */
+
+static __always_inline int start_trigger(void)
+{
+    u32 key = 0;
+    u64 *state = capture.lookup(&key);
+
+    if (!state)
+        return 0;
+    if (*state == CAPTURE_HOLD) {
+        /* The previous window is still being reported. */
+        bump(COUNTER_TRIGGER_MISSED);
+        return 0;
+    }
+    if (*state != CAPTURE_ARMED)
+        return 0;
+    *state = CAPTURE_RUNNING;
+    emit(EVENT_START_TRIGGER, bpf_ktime_get_ns());
+    return 0;
+}
+
+static __always_inline int stop_trigger(void)
+{
+    u32 key = 0;
+    u64 *state = capture.lookup(&key);
+
+    if (!state || *state != CAPTURE_RUNNING)
+        return 0;
+    *state = CAPTURE_HOLD;
+    emit(EVENT_STOP_TRIGGER, bpf_ktime_get_ns());
+    return 0;
+}
+
+@TRIGGER_FUNCTIONS@
+"""
+
+# Generated C for one trigger: the function name is fixed, so no text from
+# the command line ever reaches the C source.
+TRIGGER_FUNCTION = """
+int kd_{role}_trigger(void *ctx)
+{{
+    return {role}_trigger();
+}}
+"""
+
+
+# ---- Enums shared with the C program ----------------------------------------
+
+class Event(enum.IntEnum):
+    """Ring buffer event types (C: enum event_type)."""
+    START_TRIGGER = 0
+    STOP_TRIGGER = 1
+
+
+class Capture(enum.IntEnum):
+    """Values of the capture map (C: enum capture_state)."""
+    ARMED = 0       # not capturing; a start trigger may open a window
+    RUNNING = 1     # inside a window
+    HOLD = 2        # window closed, being reported; triggers are ignored
+
+
+class Counter(enum.IntEnum):
+    """Per-CPU loss counters (C: enum counter)."""
+    RINGBUF_FULL = 0
+    TRIGGER_MISSED = 1
+    SYS_START_FULL = 2
+    SYS_STATS_FULL = 3
+    POLL_FULL = 4
+    RUN_FULL = 5
+    READY_FULL = 6
+    STOP_FULL = 7
+    HARDIRQ_FULL = 8
+    SOFTIRQ_FULL = 9
+    NAME_FULL = 10
+
+
+def c_enum(enum_class, prefix):
+    """The body of a C enum mirroring a Python IntEnum."""
+    return "\n".join("    {}{} = {},".format(prefix, member.name, member.value)
+                     for member in enum_class)
+
+
+SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
+                 "tasklet", "sched", "hrtimer", "rcu")
+
+# System call numbers of poll() and ppoll(), used when bcc's table is not
+# at hand (--ebpf without bcc).
+POLL_SYSCALLS = {"x86_64": (7, 271), "aarch64": (73,)}
+
+DEFAULT_PROCESS = "ovs-vswitchd"
+
+
+# ---- Data classes -----------------------------------------------------------
+
+@dataclass
+class Acc:
+    """count, total, min and max of a set of durations (ns)."""
+    count: int = 0
+    total: int = 0
+    min: int = 0
+    max: int = 0
+
+    @property
+    def average(self):
+        return self.total // self.count if self.count else 0
+
+
+@dataclass
+class ThreadStats:
+    """Everything recorded for one thread during one window."""
+    tid: int
+    name: str = ""
+    syscalls: Dict[int, Acc] = field(default_factory=dict)
+    poll: Optional[Acc] = None
+    run: Optional[Acc] = None
+    ready: Optional[Acc] = None
+    stopped: Optional[Acc] = None
+    hardirqs: Dict[str, Acc] = field(default_factory=dict)
+    softirqs: Dict[int, Acc] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Where the task_struct fields the program reads are."""
+    pid_offset: int
+    tgid_offset: int
+    state_offset: int
+    state_size: int
+    source: str = "btf"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A parsed --start-trigger / --stop-trigger."""
+    text: str
+    kind: str            # usdt, tracepoint, kprobe, kretprobe, uprobe, ...
+    target: str          # provider, system, library or "" (executable)
+    name: str            # probe, event or function
+
+
+@dataclass
+class Window:
+    """One sample window as seen by the sampling loop."""
+    start_ts: Optional[int] = None    # trigger timestamps (CLOCK_MONOTONIC)
+    stop_ts: Optional[int] = None
+
+    @property
+    def delta(self):
+        if self.start_ts is None or self.stop_ts is None:
+            return None
+        return self.stop_ts - self.start_ts
+
+
+# ---- Pure functions: arguments and triggers ---------------------------------
+
+def unsigned_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("'{}' is not an integer"
+                                         .format(text))
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = unsigned_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def seconds(text):
+    """argparse type: a duration in seconds, >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("'{}' is not a number of seconds"
+                                         .format(text))
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number >= 0")
+    return value
+
+
+def round_up_pow2(value):
+    """The smallest power of two >= value (value >= 1)."""
+    return 1 << max(0, (value - 1).bit_length())
+
+
+TRIGGER_KINDS = {
+    "u": "usdt", "usdt": "usdt",
+    "t": "tracepoint", "trace": "tracepoint",
+    "k": "kprobe", "kprobe": "kprobe",
+    "kr": "kretprobe", "kretprobe": "kretprobe",
+    "up": "uprobe", "uprobe": "uprobe",
+    "ur": "uretprobe", "upr": "uretprobe", "uretprobe": "uretprobe",
+}
+
+C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Kernel and user symbols: identifiers plus compiler suffixes such as
+# foo.isra.0, foo.constprop.0 or foo.cold.
+SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
+LIBRARY = re.compile(r"[A-Za-z0-9_.+/-]+\Z")
+
+
+def parse_trigger(text):
+    """Parse a trigger specification; raises ArgumentTypeError."""
+    fields = text.split(":")
+    kind = TRIGGER_KINDS.get(fields[0])
+    if kind is None:
+        raise argparse.ArgumentTypeError(
+            "'{}': unknown trigger type '{}'; use one of u, t, k, kr, up, ur"
+            .format(text, fields[0]))
+    shapes = {
+        "usdt": ((3, "u:PROVIDER:PROBE"),),
+        "tracepoint": ((3, "t:SYSTEM:EVENT"),),
+        "kprobe": ((2, "k:FUNCTION"),),
+        "kretprobe": ((2, "kr:FUNCTION"),),
+        "uprobe": ((2, "up:FUNCTION"), (3, "up:LIBRARY:FUNCTION")),
+        "uretprobe": ((2, "ur:FUNCTION"), (3, "ur:LIBRARY:FUNCTION")),
+    }[kind]
+    if len(fields) not in [count for count, _ in shapes]:
+        raise argparse.ArgumentTypeError(
+            "'{}': wrong number of fields; expected {}".format(
+                text, " or ".join(form for _, form in shapes)))
+
+    if kind in ("usdt", "tracepoint"):
+        target, name = fields[1], fields[2]
+        checks = ((target, C_IDENT), (name, C_IDENT))
+    elif len(fields) == 3:
+        target, name = fields[1], fields[2]
+        checks = ((target, LIBRARY), (name, SYMBOL))
+    else:
+        target, name = "", fields[1]
+        checks = ((name, SYMBOL),)
+    for value, pattern in checks:
+        if not pattern.match(value):
+            raise argparse.ArgumentTypeError(
+                "'{}': '{}' is not a valid name".format(text, value))
+    return Trigger(text=text, kind=kind, target=target, name=name)
+
+
+# ---- Pure functions: BTF ----------------------------------------------------
+
+BTF_KIND_INT, BTF_KIND_STRUCT, BTF_KIND_UNION = 1, 4, 5
+BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST = 8, 9, 10
+BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG, BTF_KIND_ENUM = 11, 18, 6
+# Bytes that follow struct btf_type, per kind: fixed, and per vlen entry.
+BTF_EXTRA_FIXED = {1: 4, 3: 12, 14: 4, 17: 4}
+BTF_EXTRA_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+BTF_MODIFIERS = (BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST,
+                 BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG)
+
+
+class BtfError(Exception):
+    pass
+
+
+class Btf:
+    """A minimal reader of a BTF blob: enough to find struct members."""
+
+    def __init__(self, data):
+        if len(data) < 24:
+            raise BtfError("BTF data is truncated")
+        magic, _, _, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from("<HBBIIIII", data, 0)
+        if magic != 0xeb9f:
+            raise BtfError("not little-endian BTF data (magic 0x{:x})"
+                           .format(magic))
+        self.data = data
+        self.strings = hdr_len + str_off
+        self.str_end = self.strings + str_len
+        start, end = hdr_len + type_off, hdr_len + type_off + type_len
+        if end > len(data) or self.str_end > len(data):
+            raise BtfError("BTF data is truncated")
+        self.offsets = [None]       # type id -> offset of its btf_type
+        header = struct.Struct("<III").unpack_from
+        pos = start
+        while pos < end:
+            _, info, _ = header(data, pos)
+            kind, vlen = (info >> 24) & 0x1f, info & 0xffff
+            self.offsets.append(pos)
+            pos += (12 + BTF_EXTRA_FIXED.get(kind, 0) +
+                    vlen * BTF_EXTRA_VLEN.get(kind, 0))
+
+    def _type(self, type_id):
+        name_off, info, size_or_type = struct.unpack_from(
+            "<III", self.data, self.offsets[type_id])
+        return name_off, (info >> 24) & 0x1f, info & 0xffff, \
+            bool(info >> 31), size_or_type
+
+    def _name(self, name_off):
+        start = self.strings + name_off
+        return self.data[start:self.data.index(b"\0", start)].decode()
+
+    def find(self, kind, name):
+        """The id of the first type of this kind and name."""
+        needle = b"\0" + name.encode() + b"\0"
+        idx = self.data.find(needle, self.strings - 1, self.str_end)
+        wanted = set()
+        while idx != -1:
+            wanted.add(idx + 1 - self.strings)
+            idx = self.data.find(needle, idx + 1, self.str_end)
+        for type_id in range(1, len(self.offsets)):
+            name_off, type_kind, _, _, _ = self._type(type_id)
+            if type_kind == kind and name_off in wanted:
+                return type_id
+        raise BtfError("no {} named '{}' in BTF".format(
+            "struct" if kind == BTF_KIND_STRUCT else "type", name))
+
+    def members(self, type_id, base_bits=0):
+        """(name, bit offset, type id) of the members, anonymous struct and
+        union members flattened."""
+        _, kind, vlen, kflag, _ = self._type(type_id)
+        pos = self.offsets[type_id] + 12
+        for i in range(vlen):
+            name_off, member_type, offset = struct.unpack_from(
+                "<III", self.data, pos + 12 * i)
+            bits = base_bits + (offset & 0xffffff if kflag else offset)
+            inner = self.resolve(member_type)
+            if name_off == 0 and self._type(inner)[1] in (BTF_KIND_STRUCT,
+                                                          BTF_KIND_UNION):
+                yield from self.members(inner, bits)
+            else:
+                yield self._name(name_off), bits, member_type
+
+    def resolve(self, type_id):
+        """Skip typedefs and qualifiers."""
+        while self._type(type_id)[1] in BTF_MODIFIERS:
+            type_id = self._type(type_id)[4]
+        return type_id
+
+    def size(self, type_id):
+        _, kind, _, _, size = self._type(self.resolve(type_id))
+        if kind not in (BTF_KIND_INT, BTF_KIND_ENUM, BTF_KIND_STRUCT,
+                        BTF_KIND_UNION):
+            raise BtfError("type {} has no plain size".format(type_id))
+        return size
+
+
+def task_layout_from_btf(data):
+    """The TaskLayout of the kernel described by a vmlinux BTF blob."""
+    btf = Btf(data)
+    task = btf.find(BTF_KIND_STRUCT, "task_struct")
+    members = {name: (bits, type_id)
+               for name, bits, type_id in btf.members(task)}
+    found = {}
+    for wanted in ("pid", "tgid"):
+        if wanted not in members:
+            raise BtfError("task_struct has no '{}' member".format(wanted))
+        found[wanted] = members[wanted]
+    # Linux 5.14 renamed the volatile long 'state' to unsigned int '__state'.
+    state = members.get("__state") or members.get("state")
+    if state is None:
+        raise BtfError("task_struct has no '__state' or 'state' member")
+    for bits, _ in list(found.values()) + [state]:
+        if bits % 8:
+            raise BtfError("task_struct member is a bit field")
+    if btf.size(found["pid"][1]) != 4 or btf.size(found["tgid"][1]) != 4:
+        raise BtfError("task_struct pid/tgid are not 32-bit")
+    return TaskLayout(pid_offset=found["pid"][0] // 8,
+                      tgid_offset=found["tgid"][0] // 8,
+                      state_offset=state[0] // 8,
+                      state_size=btf.size(state[1]))
+
+
+# ---- Pure functions: C source -----------------------------------------------
+
+TOKEN = re.compile(r"@([A-Z_]+)@")
+
+
+def render_template(template, values):
+    """Replace every @TOKEN@ of template from values, in one pass."""
+    missing = sorted(set(TOKEN.findall(template)) - set(values))
+    assert not missing, "no value for template tokens: {}".format(missing)
+    text = TOKEN.sub(lambda match: str(values[match.group(1)]), template)
+    assert not TOKEN.search(text), "template token left in the C source"
+    return text
+
+
+def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
+                      max_threads=4096, triggers=()):
+    """The complete eBPF C program.
+
+    layout is a TaskLayout; with source "headers" the offsets come from
+    the kernel headers at compile time instead.  triggers lists the roles
+    ("start", "stop") that get a trigger function.
+    """
+    if layout.source == "headers":
+        headers = "#include <linux/sched.h>"
+        offsets = {"TASK_PID_OFF": "offsetof(struct task_struct, pid)",
+                   "TASK_TGID_OFF": "offsetof(struct task_struct, tgid)",
+                   "TASK_STATE_OFF": "offsetof(struct task_struct, "
+                                     "TASK_STATE_MEMBER)",
+                   "TASK_STATE_TYPE": "u64"}
+        headers += ("\n#include <linux/version.h>\n"
+                    "#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 14, 0)\n"
+                    "#define TASK_STATE_MEMBER __state\n#else\n"
+                    "#define TASK_STATE_MEMBER state\n#endif")
+        offsets["TASK_STATE_TYPE"] = (
+            "typeof(((struct task_struct *)0)->TASK_STATE_MEMBER)")
+    else:
+        state_types = {4: "u32", 8: "u64"}
+        if layout.state_size not in state_types:
+            raise ValueError("unexpected task state size {}"
+                             .format(layout.state_size))
+        headers = ""
+        offsets = {"TASK_PID_OFF": layout.pid_offset,
+                   "TASK_TGID_OFF": layout.tgid_offset,
+                   "TASK_STATE_OFF": layout.state_offset,
+                   "TASK_STATE_TYPE": state_types[layout.state_size]}
+    if not poll_nrs:
+        raise ValueError("no poll() system call numbers")
+    values = {
+        "HEADERS": headers,
+        "MONITOR_TGID": int(pid),
+        "MAX_THREADS": int(max_threads),
+        "MAX_SYS_KEYS": 16 * int(max_threads),
+        "MAX_IRQ_KEYS": 4 * int(max_threads),
+        "RINGBUF_PAGES": round_up_pow2(int(page_count)),
+        "POLL_TEST": " || ".join("(nr) == {}".format(int(nr))
+                                 for nr in poll_nrs),
+        "EVENT_ENUM": c_enum(Event, "EVENT_"),
+        "COUNTER_ENUM": c_enum(Counter, "COUNTER_"),
+        "CAPTURE_ENUM": c_enum(Capture, "CAPTURE_"),
+        "COUNTER_COUNT": len(Counter),
+        "TRIGGER_FUNCTIONS": "".join(TRIGGER_FUNCTION.format(role=role)
+                                     for role in triggers),
+    }
+    values.update(offsets)
+    return render_template(EBPF_SOURCE, values)
+
+
+# ---- Pure functions: include tree for BCC without kernel headers -----------
+
+KCONFIG_H = """\
+/* Generated by kernel_delay.py: just enough for BCC's helpers. */
+#ifndef __KERNEL_DELAY_KCONFIG_H
+#define __KERNEL_DELAY_KCONFIG_H
+#define CONFIG_BPF_SYSCALL 1
+typedef unsigned char u8;
+typedef signed char s8;
+typedef unsigned short u16;
+typedef signed short s16;
+typedef unsigned int u32;
+typedef signed int s32;
+typedef unsigned long long u64;
+typedef signed long long s64;
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+typedef unsigned long size_t;
+typedef unsigned long uintptr_t;
+typedef int pid_t;
+#define EEXIST 17
+#ifndef offsetof
+#define offsetof(type, member) __builtin_offsetof(type, member)
+#endif
+#endif
+"""
+
+LOG2_H = """\
+#ifndef __KERNEL_DELAY_LOG2_H
+#define __KERNEL_DELAY_LOG2_H
+/* Folds to a constant: BCC sizes BPF_STACK_TRACE maps with it. */
+#define roundup_pow_of_two(n) \\
+    ((n) <= 1 ? 1ULL : 1ULL << (64 - __builtin_clzll((n) - 1ULL)))
+#endif
+"""
+
+PAGE_H = """\
+#ifndef __KERNEL_DELAY_PAGE_H
+#define __KERNEL_DELAY_PAGE_H
+#define PAGE_SHIFT 12
+#define PAGE_SIZE (1UL << PAGE_SHIFT)
+#endif
+"""
+
+# struct pt_regs with the kernel's layout and member names, which BCC's
+# PT_REGS_* macros use (the C library's copy renames them).
+PTRACE_H = {
+    "x86": """\
+#ifndef _ASM_X86_PTRACE_H
+#define _ASM_X86_PTRACE_H
+struct pt_regs {
+    unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+    unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+#endif
+""",
+    "arm64": """\
+#ifndef __ASM_PTRACE_H
+#define __ASM_PTRACE_H
+struct user_pt_regs {
+    unsigned long long regs[31];
+    unsigned long long sp, pc, pstate;
+};
+struct pt_regs {
+    union {
+        struct user_pt_regs user_regs;
+        struct {
+            unsigned long long regs[31];
+            unsigned long long sp, pc, pstate;
+        };
+    };
+    unsigned long long orig_x0;
+    int syscallno;
+};
+#endif
+""",
+}
+
+# uname -m -> (kernel arch directory, multiarch triplet)
+ARCHES = {"x86_64": ("x86", "x86_64-linux-gnu"),
+          "aarch64": ("arm64", "aarch64-linux-gnu")}
+
+
+def include_tree_files(machine):
+    """Generated files of the include tree, by path relative to its root."""
+    if machine not in ARCHES:
+        raise ValueError("no include tree recipe for {}".format(machine))
+    arch = ARCHES[machine][0]
+    return {
+        "include/linux/kconfig.h": KCONFIG_H,
+        "include/linux/log2.h": LOG2_H,
+        # BCC brings its own bpf.h; the C library's may be older.
+        "include/uapi/linux/bpf.h": "",
+        "arch/{}/include/asm/page.h".format(arch): PAGE_H,
+        "arch/{}/include/asm/ptrace.h".format(arch): PTRACE_H[arch],
+    }
+
+
+# ---- Pure functions: the report ---------------------------------------------
+
+INDENT = " " * 28
+
+
+def softirq_name(vec):
+    if 0 <= vec < len(SOFTIRQ_NAMES):
+        return SOFTIRQ_NAMES[vec]
+    return "<unknown:{}>".format(vec)
+
+
+def timestamp_line(message, now=None):
+    """A header line: message, local time and UTC time."""
+    now = now or datetime.datetime.now().astimezone()
+    utc = now.astimezone(datetime.timezone.utc)
+    return "{} @{} ({} UTC)".format(message,
+                                    now.replace(tzinfo=None).isoformat(),
+                                    utc.strftime("%H:%M:%S"))
+
+
+def _section(title):
+    return "\n{:10} {:16} {}".format("", "", title)
+
+
+def format_thread(stats, syscall_names, poll_nrs):
+    """The report lines of one thread."""
+    lines = ["{:10} {:16} {}".format(stats.tid, stats.name,
+                                     "[SYSCALL STATISTICS]"),
+             "{}{:20} {:>6}  {:>10}  {:>16}  {:>16}".format(
+                 INDENT, "NAME", "NUMBER", "COUNT", "TOTAL ns", "MAX ns")]
+    count = total = 0
+    for nr, acc in sorted(stats.syscalls.items(),
+                          key=lambda item: (-item[1].total, item[0])):
+        lines.append("{}{:20.20} {:6}  {:10}  {:16,}  {:16,}".format(
+            INDENT, syscall_names.get(nr, "<unknown:{}>".format(nr)), nr,
+            acc.count, acc.total, acc.max))
+        if nr not in poll_nrs:
+            count += acc.count
+            total += acc.total
+    if count:
+        lines.append("{}{:20.20} {:6}  {:10}  {:16,}".format(
+            INDENT, "TOTAL( - poll):", "", count, total))
+
+    if stats.poll:
+        lines += [_section("[LONG POLL STATISTICS]"),
+                  "{}{:10}  {:>16}  {:>16}  {:>16}".format(
+                      INDENT, "COUNT", "AVERAGE ns", "MIN ns", "MAX ns"),
+                  "{}{:10}  {:16,}  {:16,}  {:16,}".format(
+                      INDENT, stats.poll.count, stats.poll.average,
+                      stats.poll.min, stats.poll.max)]
+
+    lines += [_section("[THREAD RUN STATISTICS]"),
+              "{}{:10}  {:>16}  {:>16}  {:>16}".format(
+                  INDENT, "SCHED_CNT", "TOTAL ns", "MIN ns", "MAX ns")]
+    if stats.run:
+        lines.append("{}{:10}  {:16,}  {:16,}  {:16,}".format(
+            INDENT, stats.run.count, stats.run.total, stats.run.min,
+            stats.run.max))
+
+    lines += [_section("[THREAD READY STATISTICS]"),
+              "{}{:10}  {:>16}  {:>16}".format(
+                  INDENT, "SCHED_CNT", "TOTAL ns", "MAX ns")]
+    if stats.ready:
+        lines.append("{}{:10}  {:16,}  {:16,}".format(
+            INDENT, stats.ready.count, stats.ready.total, stats.ready.max))
+
+    if stats.stopped:
+        lines += [_section("[THREAD STOPPED STATISTICS]"),
+                  "{}{:10}  {:>16}  {:>16}".format(
+                      INDENT, "STOP_CNT", "TOTAL ns", "MAX ns"),
+                  "{}{:10}  {:16,}  {:16,}".format(
+                      INDENT, stats.stopped.count, stats.stopped.total,
+                      stats.stopped.max)]
+
+    if stats.hardirqs:
+        lines += [_section("[HARD IRQ STATISTICS]"),
+                  "{}{:20}  {:>10}  {:>16}  {:>16}".format(
+                      INDENT, "NAME", "COUNT", "TOTAL ns", "MAX ns")]
+        for name, acc in sorted(stats.hardirqs.items(),
+                                key=lambda item: (-item[1].total, item[0])):
+            lines.append("{}{:20.20}  {:10}  {:16,}  {:16,}".format(
+                INDENT, name, acc.count, acc.total, acc.max))
+        lines.append("{}{:20.20}  {:10}  {:16,}".format(
+            INDENT, "TOTAL:", sum(a.count for a in stats.hardirqs.values()),
+            sum(a.total for a in stats.hardirqs.values())))
+
+    if stats.softirqs:
+        lines += [_section("[SOFT IRQ STATISTICS]"),
+                  "{}{:20} {:>7}  {:>10}  {:>16}  {:>16}".format(
+                      INDENT, "NAME", "VECT_NR", "COUNT", "TOTAL ns",
+                      "MAX ns")]
+        for vec, acc in sorted(stats.softirqs.items(),
+                               key=lambda item: (-item[1].total, item[0])):
+            lines.append("{}{:20.20} {:>7}  {:10}  {:16,}  {:16,}".format(
+                INDENT, softirq_name(vec), vec, acc.count, acc.total,
+                acc.max))
+        lines.append("{}{:20.20} {:7}  {:10}  {:16,}".format(
+            INDENT, "TOTAL:", "",
+            sum(a.count for a in stats.softirqs.values()),
+            sum(a.total for a in stats.softirqs.values())))
+    return lines
+
+
+def format_report(threads, syscall_names, poll_nrs):
+    """The per-thread table, threads sorted by name then TID."""
+    lines = ["{:10} {:16} {}".format("TID", "THREAD", "<RESOURCE SPECIFIC>"),
+             "{:10} {:16} {}".format("-" * 10, "-" * 16, "-" * 76)]
+    ordered = sorted(threads.values(), key=lambda t: (t.name, t.tid))
+    for index, stats in enumerate(ordered):
+        if index:
+            lines.append("")
+        lines += format_thread(stats, syscall_names, poll_nrs)
+    return lines
+
+
+def format_warnings(counters, sample_count):
+    """End-of-run warnings for non-zero loss counters."""
+    fixes = {
+        Counter.RINGBUF_FULL: "{} events were dropped: the ring buffer was "
+                              "full; increase --buffer-page-count.",
+        Counter.TRIGGER_MISSED: "{} start triggers were missed: they fired "
+                                "while the previous window was being "
+                                "reported.",
+    }
+    lines = []
+    for counter in Counter:
+        value = counters.get(counter, 0)
+        if not value:
+            continue
+        if counter in fixes:
+            if counter == Counter.TRIGGER_MISSED and sample_count <= 1:
+                continue
+            text = fixes[counter].format(value)
+        else:
+            text = ("{} updates of the {} table failed (table full): some "
+                    "data is missing; increase --max-threads.".format(
+                        value, counter.name[:-5].lower()))
+        lines.append("# WARNING: " + text)
+    return lines
+
+
+def collect_threads(rows):
+    """Build ThreadStats from plain map rows.
+
+    rows maps a table name to a list of (key, Acc) pairs, keys being
+    plain tuples: sys_stats (tid, nr), poll/run/ready/stop_stats (tid,),
+    hardirq_stats (tid, irq, name), softirq_stats (tid, vec).
+    """
+    threads = {}
+
+    def thread(tid):
+        return threads.setdefault(tid, ThreadStats(tid=tid))
+
+    for (tid, nr), acc in rows.get("sys_stats", ()):
+        thread(tid).syscalls[nr] = acc
+    for table, attr in (("poll_stats", "poll"), ("run_stats", "run"),
+                        ("ready_stats", "ready"), ("stop_stats", "stopped")):
+        for (tid,), acc in rows.get(table, ()):
+            setattr(thread(tid), attr, acc)
+    for (tid, _irq, name), acc in rows.get("hardirq_stats", ()):
+        irqs = thread(tid).hardirqs
+        if name in irqs:    # two lines sharing a handler name
+            old = irqs[name]
+            acc = Acc(old.count + acc.count, old.total + acc.total,
+                      min(old.min, acc.min), max(old.max, acc.max))
+        irqs[name] = acc
+    for (tid, vec), acc in rows.get("softirq_stats", ()):
+        thread(tid).softirqs[vec] = acc
+    return threads
+
+
+def pick_target(candidates, name=DEFAULT_PROCESS):
+    """The single pid in candidates [(pid, name)] whose name matches."""
+    pids = sorted(pid for pid, comm in candidates if comm == name)
+    if not pids:
+        raise Fatal("no running {} process found; start it or pass --pid"
+                    .format(name), os.EX_NOINPUT)
+    if len(pids) > 1:
+        raise Fatal("{} {} processes are running ({}); choose one with "
+                    "--pid".format(len(pids), name,
+                                   ", ".join(map(str, pids))),
+                    os.EX_USAGE)
+    return pids[0]
+
+
+# ---- I/O adapters: /proc, tracefs, BTF, headers -----------------------------
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def read_task_layout(btf_path=BTF_PATH):
+    with open(btf_path, "rb") as btf:
+        return task_layout_from_btf(btf.read())
+
+
+def headers_available():
+    """True when BCC will find kernel headers for the running kernel."""
+    release = platform.release()
+    return bool(os.environ.get("BCC_KERNEL_SOURCE")) or any(
+        os.path.exists(path) for path in (
+            "/lib/modules/{}/build/include/linux/sched.h".format(release),
+            "/lib/modules/{}/source/include/linux/sched.h".format(release),
+            "/sys/kernel/kheaders.tar.xz"))
+
+
+def choose_layout(btf_path=BTF_PATH):
+    """The TaskLayout to use; refuses when neither BTF nor headers exist."""
+    if os.path.exists(btf_path):
+        try:
+            return read_task_layout(btf_path)
+        except (OSError, BtfError) as err:
+            if not headers_available():
+                raise Fatal("cannot read task_struct from {}: {}; install "
+                            "the kernel headers of {}".format(
+                                btf_path, err, platform.release()),
+                            os.EX_UNAVAILABLE)
+    elif not headers_available():
+        raise Fatal("this kernel has no BTF ({}) and no headers are "
+                    "installed for it, so task_struct offsets are unknown; "
+                    "install the kernel-devel/linux-headers package of {}"
+                    .format(btf_path, platform.release()), os.EX_UNAVAILABLE)
+    return TaskLayout(0, 0, 0, 0, source="headers")
+
+
+def make_include_tree(machine=None):
+    """Build a private include tree for BCC; returns its path."""
+    machine = machine or platform.machine()
+    files = include_tree_files(machine)
+    arch, triplet = ARCHES[machine]
+    asm = next((path for path in ("/usr/include/{}/asm".format(triplet),
+                                  "/usr/include/asm")
+                if os.path.isdir(path)), None)
+    if not os.path.isdir("/usr/include/linux") or asm is None:
+        raise Fatal("no kernel headers for {} and no C library kernel "
+                    "headers to build a stand-in; install linux-libc-dev "
+                    "(Debian) or kernel-headers (Fedora)".format(
+                        platform.release()), os.EX_UNAVAILABLE)
+    root = tempfile.mkdtemp(prefix="kernel_delay.")
+    uapi = os.path.join(root, "include/uapi")
+    os.makedirs(os.path.join(uapi, "linux"))
+    # The C library's uapi headers, one symlink per entry, so that the
+    # generated files can sit beside them.
+    for entry in os.listdir("/usr/include/linux"):
+        os.symlink(os.path.join("/usr/include/linux", entry),
+                   os.path.join(uapi, "linux", entry))
+    os.symlink("/usr/include/asm-generic", os.path.join(uapi, "asm-generic"))
+    arch_uapi = os.path.join(root, "arch", arch, "include", "uapi")
+    os.makedirs(arch_uapi)
+    os.symlink(asm, os.path.join(arch_uapi, "asm"))
+    for path, text in files.items():
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        if os.path.lexists(full):
+            os.unlink(full)
+        with open(full, "w") as out:
+            out.write(text)
+    return root
+
+
+def tracefs_path():
+    for path in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    return None
+
+
+def ensure_tracefs():
+    """Mount tracefs if needed; returns the mount point we made, or None."""
+    if tracefs_path():
+        return None
+    target = TRACEFS_DIRS[0]
+    if os.system("mount -t tracefs nodev {} >/dev/null 2>&1".format(target)):
+        raise Fatal("tracefs is not mounted and mounting it failed; run "
+                    "'mount -t tracefs nodev /sys/kernel/tracing' (in a "
+                    "container: add -v /sys/kernel/tracing:"
+                    "/sys/kernel/tracing)", os.EX_UNAVAILABLE)
+    return target
+
+
+def kprobes_supported(tracefs):
+    return (os.path.exists("/sys/bus/event_source/devices/kprobe") or
+            os.path.exists(os.path.join(tracefs or "", "kprobe_events")))
+
+
+def thread_name(pid, tid):
+    try:
+        with open("/proc/{}/task/{}/comm".format(pid, tid)) as comm:
+            return comm.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def mapped_files(pid):
+    """Paths of the files process pid has mapped."""
+    paths = set()
+    with open("/proc/{}/maps".format(pid)) as maps:
+        for line in maps:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                paths.add(parts[5].strip())
+    return paths
+
+
+def find_mapped_library(pid, library):
+    """The path of library (a path, or a name like 'c' or 'libc') as mapped
+    by process pid."""
+    paths = mapped_files(pid)
+    if "/" in library:
+        wanted = os.path.realpath(library)
+        matches = [p for p in paths if os.path.realpath(p) == wanted]
+    else:
+        names = {library, "lib" + library}
+        matches = [p for p in paths if os.path.basename(p) in names or
+                   re.match(r"(lib)?{}\.so(\.|$)".format(re.escape(library)),
+                            os.path.basename(p))]
+    if len(matches) != 1:
+        libs = sorted(os.path.basename(p) for p in paths if ".so" in p)
+        raise Fatal("library '{}' is {} mapped by process {}; it maps: {}"
+                    .format(library, "not" if not matches else "ambiguously",
+                            pid, ", ".join(libs) or "no libraries"),
+                    os.EX_CONFIG)
+    return matches[0]
+
+
+def syscall_table():
+    """System call number -> name, from bcc."""
+    from bcc.syscall import syscalls
+    return {nr: name.decode() for nr, name in syscalls.items()}
+
+
+def poll_syscalls(table=None):
+    if table:
+        nrs = tuple(sorted(nr for nr, name in table.items()
+                           if name in ("poll", "ppoll")))
+        if nrs:
+            return nrs
+    return POLL_SYSCALLS.get(platform.machine(), ())
+
+
+# ---- I/O adapter: the BPF program -------------------------------------------
+
+def plain(value):
+    """A ctypes key or value as plain Python."""
+    if hasattr(value, "_fields_"):
+        return tuple(plain(getattr(value, name)) for name, _ in value._fields_)
+    if isinstance(value, bytes):
+        return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+    if hasattr(value, "value"):
+        return value.value
+    if hasattr(value, "_length_"):      # char array
+        return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+    return value
+
+
+class Probes:
+    """The compiled and attached eBPF program of one run."""
+
+    STAT_TABLES = ("sys_stats", "poll_stats", "run_stats", "ready_stats",
+                   "stop_stats", "hardirq_stats", "softirq_stats")
+    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "run_start",
+                            "ready_start", "stop_start", "exit_names")
+
+    def __init__(self, bpf, pid):
+        self.bpf = bpf
+        self.pid = pid
+        self.events = []
+        bpf["events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx, data, _size):
+        event = self.bpf["events"].event(data)
+        self.events.append((Event(event.type), event.ts))
+
+    def poll(self, timeout_ms):
+        """Wait up to timeout_ms for ring buffer events; returns them."""
+        self.bpf.ring_buffer_poll(timeout=max(0, int(timeout_ms)))
+        events, self.events = self.events, []
+        return events
+
+    def set_state(self, state):
+        table = self.bpf["capture"]
+        table[table.Key(0)] = table.Leaf(int(state))
+
+    def state(self):
+        table = self.bpf["capture"]
+        return Capture(table[table.Key(0)].value)
+
+    def reset(self):
+        for name in self.TABLES:
+            self.bpf[name].clear()
+
+    def collect(self):
+        """Read the statistics tables once into ThreadStats."""
+        rows = {}
+        for name in self.STAT_TABLES:
+            rows[name] = [(plain(k) if isinstance(plain(k), tuple)
+                           else (plain(k),), Acc(*plain(v)))
+                          for k, v in self.bpf[name].items()]
+        threads = collect_threads(rows)
+        exited = {plain(k): plain(v)[0]
+                  for k, v in self.bpf["exit_names"].items()}
+        for tid, stats in threads.items():
+            stats.name = (thread_name(self.pid, tid) or exited.get(tid) or
+                          "<unknown:{}/{}>".format(self.pid, tid))
+        return threads
+
+    def counters(self):
+        table = self.bpf["counters"]
+        return {counter: int(table.sum(table.Key(counter)).value)
+                for counter in Counter}
+
+
+# ---- Sampling ---------------------------------------------------------------
+
+class Sampler:
+    """Runs the sample windows and prints their reports."""
+
+    def __init__(self, probes, args, out, syscall_names, poll_nrs,
+                 clock=time.monotonic_ns):
+        self.probes = probes
+        self.args = args
+        self.out = out
+        self.syscall_names = syscall_names
+        self.poll_nrs = poll_nrs
+        self.clock = clock
+
+    def say(self, lines):
+        if isinstance(lines, str):
+            lines = [lines]
+        self.out.write("".join(line + "\n" for line in lines))
+        self.out.flush()
+
+    def wait_for(self, event_type, deadline=None):
+        """Poll until event_type arrives (returns its timestamp) or the
+        deadline (CLOCK_MONOTONIC ns) passes (returns None)."""
+        while True:
+            timeout = 100
+            if deadline is not None:
+                left = (deadline - self.clock()) / 1e6
+                if left <= 0:
+                    return None
+                timeout = min(timeout, left)
+            for event, ts in self.probes.poll(timeout):
+                if event == event_type:
+                    return ts
+
+    def one_window(self):
+        """Capture one window; returns it, or None when it was skipped."""
+        args = self.args
+        window = Window()
+        self.probes.reset()
+        if args.start_trigger:
+            self.probes.set_state(Capture.ARMED)
+            window.start_ts = self.wait_for(Event.START_TRIGGER)
+            self.say(timestamp_line("# Start sampling (trigger@{})".format(
+                window.start_ts)))
+            started = window.start_ts
+        else:
+            self.say(timestamp_line("# Start sampling"))
+            self.probes.set_state(Capture.RUNNING)
+            started = self.clock()
+        try:
+            if args.stop_trigger:
+                window.stop_ts = self.wait_for(Event.STOP_TRIGGER)
+            else:
+                self.wait_for(None, started + int(args.sample_time * 1e9))
+        finally:
+            self.probes.set_state(Capture.HOLD)
+        if window.stop_ts is not None:
+            self.say(timestamp_line("# Stop sampling (trigger@{})".format(
+                window.stop_ts)))
+        else:
+            self.say(timestamp_line("# Stop sampling"))
+
+        delta = window.delta
+        if delta is not None and delta < args.trigger_delta:
+            self.say(timestamp_line(
+                "# Sample dump skipped, delta {:,} ns".format(delta)))
+            return None
+        threads = self.probes.collect()
+        if delta is not None:
+            header = "# Triggered sample dump, stop-start delta {:,} ns" \
+                .format(delta)
+        else:
+            header = "# Sample dump"
+        self.say([timestamp_line(header)] +
+                 format_report(threads, self.syscall_names, self.poll_nrs))
+        return window
+
+    def run(self):
+        done = 0
+        while done < self.args.sample_count:
+            if self.one_window() is None:
+                continue
+            done += 1
+            if done < self.args.sample_count and self.args.sample_interval:
+                self.probes.set_state(Capture.HOLD)
+                time.sleep(self.args.sample_interval)
+        self.say(format_warnings(self.probes.counters(),
+                                 self.args.sample_count))
+
+
+# ---- Setup: environment checks, compile, attach -----------------------------
+
+def find_target_pid():
+    if psutil is None:
+        raise Fatal("the Python module psutil is missing; install "
+                    "python3-psutil", os.EX_OSFILE)
+    candidates = []
+    for proc in psutil.process_iter(["name"]):
+        candidates.append((proc.pid, proc.info["name"]))
+    return pick_target(candidates)
+
+
+def check_pid(pid):
+    if not os.path.isdir("/proc/{}/task".format(pid)):
+        raise Fatal("process {} does not exist; check the --pid value"
+                    .format(pid), os.EX_NOINPUT)
+
+
+def verify_usdt(pid, trigger):
+    """Fail unless process pid has the USDT probe of trigger."""
+    try:
+        usdt = bcc.USDT(pid=pid)
+        probes = sorted({"{}:{}".format(p.provider.decode(), p.name.decode())
+                         for p in usdt.enumerate_probes()})
+    except Exception as err:      # bcc raises plain Exception here
+        raise Fatal("cannot read the USDT probes of process {}: {}"
+                    .format(pid, err), os.EX_CONFIG)
+    wanted = "{}:{}".format(trigger.target, trigger.name)
+    if wanted not in probes:
+        raise Fatal("trigger '{}': process {} has no USDT probe {}; it has: "
+                    "{}".format(trigger.text, pid, wanted,
+                                ", ".join(probes) or "none"), os.EX_CONFIG)
+    return usdt
+
+
+def uprobe_binary(pid, trigger):
+    if trigger.target:
+        return "/proc/{}/root{}".format(
+            pid, find_mapped_library(pid, trigger.target))
+    return "/proc/{}/exe".format(pid)
+
+
+def verify_trigger(trigger, pid, tracefs):
+    """Check that trigger can be attached, before compiling anything."""
+    if trigger.kind == "tracepoint":
+        if not os.path.isdir(os.path.join(tracefs, "events", trigger.target,
+                                          trigger.name)):
+            raise Fatal("trigger '{}': there is no tracepoint {}:{}; see "
+                        "{}/available_events".format(
+                            trigger.text, trigger.target, trigger.name,
+                            tracefs), os.EX_CONFIG)
+    elif trigger.kind in ("kprobe", "kretprobe"):
+        if not kprobes_supported(tracefs):
+            raise Fatal("trigger '{}': the running kernel does not support "
+                        "kprobes (CONFIG_KPROBES/CONFIG_KPROBE_EVENTS); use "
+                        "a tracepoint, USDT or uprobe trigger".format(
+                            trigger.text), os.EX_UNAVAILABLE)
+        with open("/proc/kallsyms") as kallsyms:
+            if not any(line.split()[2] == trigger.name
+                       for line in kallsyms if len(line.split()) >= 3):
+                raise Fatal("trigger '{}': no kernel function {} in "
+                            "/proc/kallsyms".format(trigger.text,
+                                                    trigger.name),
+                            os.EX_CONFIG)
+    elif trigger.kind in ("uprobe", "uretprobe"):
+        binary = uprobe_binary(pid, trigger)
+        try:
+            bcc.BPF._check_path_symbol(binary.encode(), trigger.name.encode(),
+                                       None, -1)
+        except Exception:
+            raise Fatal("trigger '{}': no symbol {} in {}".format(
+                trigger.text, trigger.name,
+                os.path.realpath(binary)), os.EX_CONFIG)
+    elif trigger.kind == "usdt":
+        verify_usdt(pid, trigger)
+
+
+def attach_triggers(bpf, triggers, pid):
+    for role, trigger in triggers:
+        fn_name = "kd_{}_trigger".format(role)
+        try:
+            if trigger.kind == "tracepoint":
+                bpf.attach_tracepoint(tp="{}:{}".format(trigger.target,
+                                                        trigger.name),
+                                      fn_name=fn_name)
+            elif trigger.kind == "kprobe":
+                bpf.attach_kprobe(event=trigger.name, fn_name=fn_name)
+            elif trigger.kind == "kretprobe":
+                bpf.attach_kretprobe(event=trigger.name, fn_name=fn_name)
+            elif trigger.kind == "uprobe":
+                bpf.attach_uprobe(name=uprobe_binary(pid, trigger),
+                                  sym=trigger.name, fn_name=fn_name, pid=pid)
+            elif trigger.kind == "uretprobe":
+                bpf.attach_uretprobe(name=uprobe_binary(pid, trigger),
+                                     sym=trigger.name, fn_name=fn_name,
+                                     pid=pid)
+        except Exception as err:
+            raise Fatal("attaching the {} trigger '{}' failed: {}".format(
+                role, trigger.text, str(err).strip().splitlines()[-1]),
+                os.EX_OSERR)
+
+
+def usdt_contexts(triggers, pid):
+    contexts = []
+    for role, trigger in triggers:
+        if trigger.kind != "usdt":
+            continue
+        usdt = verify_usdt(pid, trigger)
+        try:
+            usdt.enable_probe(probe="{}:{}".format(trigger.target,
+                                                   trigger.name),
+                              fn_name="kd_{}_trigger".format(role))
+        except Exception as err:
+            raise Fatal("enabling USDT probe for '{}' failed: {}".format(
+                trigger.text, err), os.EX_OSERR)
+        contexts.append(usdt)
+    return contexts
+
+
+class Session:
+    """Owns everything a run sets up, and undoes it on close()."""
+
+    def __init__(self):
+        self.tree = None
+        self.mounted = None
+        self.bpf = None
+
+    def close(self):
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+        if self.tree:
+            shutil.rmtree(self.tree, ignore_errors=True)
+            self.tree = None
+        if self.mounted:
+            os.system("umount {} >/dev/null 2>&1".format(self.mounted))
+            self.mounted = None
+
+    def open(self, args, source, triggers):
+        """Compile, load and attach; returns a Probes."""
+        self.mounted = ensure_tracefs()
+        if bcc is not None:
+            bcc.TRACEFS = tracefs_path()
+        if args.layout.source == "btf" and not headers_available():
+            self.tree = make_include_tree()
+            os.environ["BCC_KERNEL_SOURCE"] = self.tree
+        for _, trigger in triggers:
+            verify_trigger(trigger, args.pid, tracefs_path())
+        contexts = usdt_contexts(triggers, args.pid)
+        try:
+            self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
+                               debug=args.debug)
+        except Exception as err:
+            raise Fatal("loading the eBPF program failed ({}); rerun with "
+                        "-D to see the compiler output".format(
+                            str(err).strip().splitlines()[-1]),
+                        os.EX_SOFTWARE)
+        attach_triggers(self.bpf, triggers, args.pid)
+        return Probes(self.bpf, args.pid)
+
+
+# ---- Command line -----------------------------------------------------------
+
+EXAMPLES = """examples:
+  ./kernel_delay.py                      # 0.5 s window on ovs-vswitchd
+  ./kernel_delay.py -p 1234 --sample-time 2
+                                         # 2 s window on process 1234
+  ./kernel_delay.py --sample-count 5 --sample-interval 1
+                                         # five windows, 1 s apart
+  ./kernel_delay.py --start-trigger u:udpif_revalidator:start_dump \\
+                    --stop-trigger u:udpif_revalidator:sweep_done
+                                         # one revalidator round
+  ./kernel_delay.py --start-trigger up:bridge_run \\
+                    --stop-trigger ur:bridge_run --trigger-delta 1000000
+                                         # bridge_run() calls over 1 ms
+
+exit codes:
+""" + "".join("  {:3}  {}\n".format(code, text)
+              for code, text in sorted(EXIT_CODES.items()))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Show where the threads of ovs-vswitchd (or any "
+                    "process) spend their time: system calls, poll() gaps, "
+                    "CPU, run queue, stops and interrupts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES)
+    parser.add_argument("-p", "--pid", type=positive_int, metavar="PID",
+                        help="process to monitor, default: the single "
+                             "running ovs-vswitchd")
+    parser.add_argument("--sample-time", type=seconds, default=0.5,
+                        metavar="SECONDS",
+                        help="length of a window, default 0.5")
+    parser.add_argument("--sample-count", type=positive_int, default=1,
+                        metavar="RUNS", help="windows to report, default 1")
+    parser.add_argument("--sample-interval", type=seconds, default=0,
+                        metavar="SECONDS",
+                        help="pause between windows, default 0")
+    parser.add_argument("--start-trigger", type=parse_trigger,
+                        metavar="TRIGGER",
+                        help="open a window when TRIGGER fires")
+    parser.add_argument("--stop-trigger", type=parse_trigger,
+                        metavar="TRIGGER",
+                        help="close the window when TRIGGER fires")
+    parser.add_argument("--trigger-delta", type=unsigned_int, nargs="?",
+                        const=0, default=0, metavar="DURATION_NS",
+                        help="skip (and do not count) triggered windows "
+                             "shorter than DURATION_NS, default 0")
+    parser.add_argument("--buffer-page-count", type=positive_int,
+                        default=1024, metavar="NUMBER",
+                        help="ring buffer pages (rounded up to a power of "
+                             "two), default 1024")
+    parser.add_argument("--max-threads", type=positive_int, default=4096,
+                        metavar="THREADS",
+                        help="threads the tables hold, default 4096")
+    parser.add_argument("-D", "--debug", type=unsigned_int, nargs="?",
+                        const=0x3f, default=0, metavar="FLAGS",
+                        help="BCC debug flags, default 0x3f when given")
+    parser.add_argument("--ebpf", action="store_true",
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
+    args.buffer_page_count = round_up_pow2(args.buffer_page_count)
+    return args
+
+
+def triggers_of(args):
+    return [(role, trigger) for role, trigger in
+            (("start", args.start_trigger), ("stop", args.stop_trigger))
+            if trigger is not None]
+
+
+# ---- main -------------------------------------------------------------------
+
+def _raise_interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def run(args, out):
+    """Everything after argument parsing; raises Fatal on errors."""
+    if bcc is None and not args.ebpf:
+        raise Fatal("the Python module bcc (BPF Compiler Collection) is "
+                    "missing for {}; install python3-bpfcc (Debian/Ubuntu) "
+                    "or python3-bcc (Fedora/RHEL)".format(sys.executable),
+                    os.EX_OSFILE)
+    if args.pid is None:
+        args.pid = 0 if args.ebpf else find_target_pid()
+    elif not args.ebpf:
+        check_pid(args.pid)
+
+    table = syscall_table() if bcc is not None else {}
+    poll_nrs = poll_syscalls(table)
+    args.layout = choose_layout()
+    triggers = triggers_of(args)
+    source = render_bpf_source(args.pid, args.layout, poll_nrs,
+                               args.buffer_page_count, args.max_threads,
+                               [role for role, _ in triggers])
+    if args.ebpf:
+        out.write(source)
+        return os.EX_OK
+    if os.geteuid() != 0:
+        raise Fatal("root privileges are needed to load eBPF programs; run "
+                    "with sudo", os.EX_NOPERM)
+
+    session = Session()
+    try:
+        probes = session.open(args, source, triggers)
+        sampler = Sampler(probes, args, out, table, poll_nrs)
+        try:
+            sampler.run()
+        except KeyboardInterrupt:
+            sampler.say("# Interrupted")
+    finally:
+        session.close()
+    return os.EX_OK
+
+
+def main(argv=None, out=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = out or sys.stdout
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(args, out)
+    except Fatal as err:
+        sys.stderr.write("ERROR: {}\n".format(err))
+        return err.code
+    except KeyboardInterrupt:
+        return os.EX_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def reexec_with_bcc():
+    """Run under an interpreter that has bcc when this one lacks it.
+
+    bcc comes from the distribution (python3-bpfcc, python3-bcc) and lives
+    in the system Python, which pyenv, conda or a venv put behind another
+    python3 on PATH.
+    """
+    if (bcc is not None and psutil is not None) or \
+            os.environ.get("KERNEL_DELAY_REEXEC"):
+        return
+    here = os.path.realpath(sys.executable)
+    for candidate in ("/usr/bin/python3", "/usr/libexec/platform-python",
+                      "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK) and \
+                os.path.realpath(candidate) != here:
+            os.environ["KERNEL_DELAY_REEXEC"] = "1"
+            script = os.path.abspath(sys.argv[0])
+            os.execv(candidate, [candidate, script] + sys.argv[1:])
+
+
+if __name__ == "__main__":
+    reexec_with_bcc()
+    sys.exit(main())

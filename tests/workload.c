@@ -1,0 +1,440 @@
+/*
+ * Copyright (c) 2026 The kernel_delay authors
+ *
+ * Licensed under the Apache License, Version 2.0 (the "License");
+ * you may not use this file except in compliance with the License.
+ * You may obtain a copy of the License at
+ *
+ *     http://www.apache.org/licenses/LICENSE-2.0
+ *
+ * Unless required by applicable law or agreed to in writing, software
+ * distributed under the License is distributed on an "AS IS" BASIS,
+ * WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+ * See the License for the specific language governing permissions and
+ * limitations under the License.
+ */
+
+/*
+ * Test workload for kernel_delay.py: a process with named threads whose
+ * behaviour is known, driven by one-line commands on stdin.
+ *
+ * Build: gcc -O2 -g -pthread -Wall -Wextra -o workload workload.c
+ * Usage: workload [--spin CPU]
+ *
+ * Commands (one answer line each):
+ *   ping       -> pong
+ *   tids       -> tids kd-main=TID kd-sleep=TID ...
+ *   burst N    -> ok burst N    (kd-burst did N getsid() syscalls)
+ *   udp N      -> ok udp N      (kd-udp sent/received N datagrams)
+ *   quit       -> bye, then exit(0); EOF on stdin also exits with 0
+ *   other      -> error unknown command
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sdt.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define UDP_LEN 64
+
+enum { T_MAIN, T_SLEEP, T_POLL, T_BURST, T_UDP, T_OP, T_SPIN1, T_SPIN2,
+       T_MAX };
+
+static const char *const thread_names[T_MAX] = {
+	"kd-main", "kd-sleep", "kd-poll", "kd-burst",
+	"kd-udp", "kd-op", "kd-spin1", "kd-spin2",
+};
+
+static pid_t thread_tids[T_MAX];
+static int nthreads;
+
+/* Startup handshake: each thread bumps started once it is named. */
+static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t start_cv = PTHREAD_COND_INITIALIZER;
+static int started;
+
+/* One request slot per command-driven worker (kd-burst, kd-udp). */
+struct job {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	long count;
+	int pending;
+	int done;
+	int err;
+};
+
+static struct job burst_job = {
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0
+};
+static struct job udp_job = {
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0
+};
+
+static int idle_pipe[2];	/* kd-poll waits on [0]; nobody writes [1] */
+static int udp_tx = -1, udp_rx = -1;
+static struct sockaddr_in udp_addr;
+
+static volatile unsigned long spin_counter[2];
+
+void kd_op(int ms);
+
+static void die(const char *what, int err)
+{
+	fprintf(stderr, "workload: %s: %s\n", what, strerror(err));
+	exit(2);
+}
+
+/* Sleep ms milliseconds: one clock_nanosleep syscall unless interrupted. */
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+		;
+}
+
+/* Name the calling thread, record its tid and report it as started. */
+static void thread_start(int idx)
+{
+	pthread_setname_np(pthread_self(), thread_names[idx]);
+	thread_tids[idx] = (pid_t)syscall(SYS_gettid);
+	pthread_mutex_lock(&start_mu);
+	started++;
+	pthread_cond_broadcast(&start_cv);
+	pthread_mutex_unlock(&start_mu);
+}
+
+/* Function traced by uprobes/USDT in tests; must keep its exact name. */
+__attribute__((noinline, noipa, used)) void kd_op(int ms)
+{
+	DTRACE_PROBE1(kd_workload, op_start, ms);
+	sleep_ms(ms);
+	DTRACE_PROBE1(kd_workload, op_end, ms);
+}
+
+static void *sleep_thread(void *arg)
+{
+	(void)arg;
+	thread_start(T_SLEEP);
+	for (;;)
+		sleep_ms(20);
+	return NULL;
+}
+
+static void *poll_thread(void *arg)
+{
+	struct pollfd pfd = { .fd = idle_pipe[0], .events = POLLIN };
+
+	(void)arg;
+	thread_start(T_POLL);
+	for (;;) {
+		poll(&pfd, 1, 5);
+		sleep_ms(30);
+	}
+	return NULL;
+}
+
+static void *op_thread(void *arg)
+{
+	(void)arg;
+	thread_start(T_OP);
+	for (;;) {
+		kd_op(5);
+		sleep_ms(20);
+		kd_op(50);
+		sleep_ms(20);
+	}
+	return NULL;
+}
+
+static void *spin_thread(void *arg)
+{
+	int i = (int)(long)arg;
+
+	thread_start(T_SPIN1 + i);
+	for (;;)
+		spin_counter[i]++;
+	return NULL;
+}
+
+/* Worker side: wait for a request and return its count. */
+static long job_wait(struct job *j)
+{
+	long n;
+
+	pthread_mutex_lock(&j->mu);
+	while (!j->pending)
+		pthread_cond_wait(&j->cv, &j->mu);
+	j->pending = 0;
+	n = j->count;
+	pthread_mutex_unlock(&j->mu);
+	return n;
+}
+
+static void job_finish(struct job *j, int err)
+{
+	pthread_mutex_lock(&j->mu);
+	j->err = err;
+	j->done = 1;
+	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* Main side: hand a request to a worker and wait until it completed. */
+static int job_run(struct job *j, long n)
+{
+	int err;
+
+	pthread_mutex_lock(&j->mu);
+	j->count = n;
+	j->done = 0;
+	j->pending = 1;
+	pthread_cond_broadcast(&j->cv);
+	while (!j->done)
+		pthread_cond_wait(&j->cv, &j->mu);
+	err = j->err;
+	pthread_mutex_unlock(&j->mu);
+	return err;
+}
+
+static void *burst_thread(void *arg)
+{
+	(void)arg;
+	thread_start(T_BURST);
+	for (;;) {
+		long n = job_wait(&burst_job);
+
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getsid, 0);
+		job_finish(&burst_job, 0);
+	}
+	return NULL;
+}
+
+static void *udp_thread(void *arg)
+{
+	char out[UDP_LEN], in[UDP_LEN];
+
+	(void)arg;
+	memset(out, 'k', sizeof(out));
+	thread_start(T_UDP);
+	for (;;) {
+		long n = job_wait(&udp_job);
+		int err = 0;
+
+		for (long i = 0; i < n && !err; i++) {
+			ssize_t r;
+
+			r = sendto(udp_tx, out, sizeof(out), 0,
+				   (struct sockaddr *)&udp_addr,
+				   sizeof(udp_addr));
+			if (r != (ssize_t)sizeof(out)) {
+				err = r < 0 ? errno : EIO;
+				break;
+			}
+			r = recvfrom(udp_rx, in, sizeof(in), 0, NULL, NULL);
+			if (r != (ssize_t)sizeof(in))
+				err = r < 0 ? errno : EIO;
+		}
+		job_finish(&udp_job, err);
+	}
+	return NULL;
+}
+
+/* Receiver bound on 127.0.0.1 (ephemeral port) plus an unbound sender. */
+static void udp_setup(void)
+{
+	socklen_t len = sizeof(udp_addr);
+
+	udp_rx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	udp_tx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (udp_rx < 0 || udp_tx < 0)
+		die("socket", errno);
+	memset(&udp_addr, 0, sizeof(udp_addr));
+	udp_addr.sin_family = AF_INET;
+	udp_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	udp_addr.sin_port = 0;
+	if (bind(udp_rx, (struct sockaddr *)&udp_addr, sizeof(udp_addr)) < 0)
+		die("bind", errno);
+	if (getsockname(udp_rx, (struct sockaddr *)&udp_addr, &len) < 0)
+		die("getsockname", errno);
+}
+
+static void start_thread(void *(*fn)(void *), void *arg, int cpu)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int err;
+
+	pthread_attr_init(&attr);
+	if (cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		err = pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+		if (err)
+			die("pthread_attr_setaffinity_np", err);
+	}
+	err = pthread_create(&t, &attr, fn, arg);
+	if (err)
+		die("pthread_create", err);
+	pthread_attr_destroy(&attr);
+	nthreads++;
+}
+
+/* Parse a non-negative decimal count; returns -1 if invalid. */
+static long parse_count(const char *s)
+{
+	char *end;
+	long n;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	n = strtol(s, &end, 10);
+	if (errno || *end != '\0')
+		return -1;
+	return n;
+}
+
+static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void reply(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+static void handle(char *line)
+{
+	long n;
+
+	if (strcmp(line, "ping") == 0) {
+		reply("pong");
+	} else if (strcmp(line, "tids") == 0) {
+		printf("tids");
+		for (int i = 0; i < nthreads; i++)
+			printf(" %s=%d", thread_names[i], (int)thread_tids[i]);
+		reply("%s", "");
+	} else if (strcmp(line, "quit") == 0) {
+		reply("bye");
+		exit(0);
+	} else if (strncmp(line, "burst ", 6) == 0) {
+		n = parse_count(line + 6);
+		if (n < 0)
+			reply("error bad argument");
+		else if (job_run(&burst_job, n))
+			reply("error burst failed");
+		else
+			reply("ok burst %ld", n);
+	} else if (strncmp(line, "udp ", 4) == 0) {
+		n = parse_count(line + 4);
+		if (n < 0) {
+			reply("error bad argument");
+		} else {
+			int err = job_run(&udp_job, n);
+
+			if (err)
+				reply("error udp %s", strerror(err));
+			else
+				reply("ok udp %ld", n);
+		}
+	} else {
+		reply("error unknown command");
+	}
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: workload [--spin CPU]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	sigset_t all, old;
+	char line[256];
+	int spin_cpu = -1;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--spin") == 0 && i + 1 < argc) {
+			long c = parse_count(argv[++i]);
+
+			if (c < 0 || c >= CPU_SETSIZE)
+				usage();
+			spin_cpu = (int)c;
+		} else {
+			usage();
+		}
+	}
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	pthread_setname_np(pthread_self(), thread_names[T_MAIN]);
+	thread_tids[T_MAIN] = (pid_t)syscall(SYS_gettid);
+	nthreads = 1;
+	started = 1;
+
+	if (pipe2(idle_pipe, O_CLOEXEC) < 0)
+		die("pipe2", errno);
+	udp_setup();
+
+	/* Workers inherit a full signal mask; only kd-main gets signals. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	start_thread(sleep_thread, NULL, -1);
+	start_thread(poll_thread, NULL, -1);
+	start_thread(burst_thread, NULL, -1);
+	start_thread(udp_thread, NULL, -1);
+	start_thread(op_thread, NULL, -1);
+	if (spin_cpu >= 0) {
+		start_thread(spin_thread, (void *)0L, spin_cpu);
+		start_thread(spin_thread, (void *)1L, spin_cpu);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+	pthread_mutex_lock(&start_mu);
+	while (started < nthreads)
+		pthread_cond_wait(&start_cv, &start_mu);
+	pthread_mutex_unlock(&start_mu);
+
+	reply("ready %d", (int)getpid());
+
+	while (fgets(line, sizeof(line), stdin)) {
+		size_t len = strlen(line);
+
+		if (len && line[len - 1] == '\n') {
+			line[--len] = '\0';
+		} else if (!feof(stdin)) {
+			/* Overlong line: drop the rest of it. */
+			int c;
+
+			while ((c = getchar()) != EOF && c != '\n')
+				;
+			reply("error line too long");
+			continue;
+		}
+		if (len && line[len - 1] == '\r')
+			line[--len] = '\0';
+		handle(line);
+	}
+	return 0;
+}
