@@ -41,6 +41,7 @@ import signal
 import struct
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -1170,8 +1171,12 @@ def format_thread(stats, syscall_names, poll_nrs):
     return lines
 
 
-def format_report(threads, syscall_names, poll_nrs):
-    """The per-thread table, threads sorted by name then TID."""
+def format_report(threads, syscall_names, poll_nrs, quiet=()):
+    """The per-thread table, threads sorted by name then TID.
+
+    quiet lists (tid, name) of threads alive at the end of the window that
+    recorded nothing in it: blocked, or on a CPU, throughout.
+    """
     lines = ["{:10} {:16} {}".format("TID", "THREAD", "<RESOURCE SPECIFIC>"),
              "{:10} {:16} {}".format("-" * 10, "-" * 16, "-" * 76)]
     ordered = sorted(threads.values(), key=lambda t: (t.name, t.tid))
@@ -1179,6 +1184,15 @@ def format_report(threads, syscall_names, poll_nrs):
         if index:
             lines.append("")
         lines += format_thread(stats, syscall_names, poll_nrs)
+    if quiet:
+        names = ", ".join("{} ({})".format(name, tid)
+                          for tid, name in sorted(quiet,
+                                                  key=lambda q: (q[1], q[0])))
+        lines += [""] + textwrap.wrap(
+            "No events from {} thread{} (blocked or on a CPU for the whole "
+            "window): {}".format(len(quiet), "s" if len(quiet) > 1 else "",
+                                 names),
+            width=79, initial_indent="# ", subsequent_indent="#   ")
     return lines
 
 
@@ -1473,6 +1487,16 @@ class Probes:
                           "<unknown:{}/{}>".format(self.pid, tid))
         return threads
 
+    def quiet_threads(self, threads):
+        """(tid, name) of live threads that are not in threads."""
+        try:
+            tids = [int(tid) for tid in
+                    os.listdir("/proc/{}/task".format(self.pid))]
+        except OSError:
+            return []
+        return [(tid, thread_name(self.pid, tid) or "?") for tid in tids
+                if tid not in threads]
+
     def counters(self):
         table = self.bpf["counters"]
         return {counter: int(table.sum(table.Key(counter)).value)
@@ -1525,9 +1549,11 @@ class Sampler:
                 window.start_ts)))
             started = window.start_ts
         else:
-            self.say(timestamp_line("# Start sampling"))
+            # Open the window before saying so: whoever reads the line
+            # may act on it at once.
             self.probes.set_state(Capture.RUNNING)
             started = self.clock()
+            self.say(timestamp_line("# Start sampling"))
         try:
             if args.stop_trigger:
                 window.stop_ts = self.wait_for(Event.STOP_TRIGGER)
@@ -1553,7 +1579,8 @@ class Sampler:
         else:
             header = "# Sample dump"
         self.say([timestamp_line(header)] +
-                 format_report(threads, self.syscall_names, self.poll_nrs))
+                 format_report(threads, self.syscall_names, self.poll_nrs,
+                               self.probes.quiet_threads(threads)))
         return window
 
     def run(self):
@@ -1877,11 +1904,12 @@ def reexec_with_bcc():
     if (bcc is not None and psutil is not None) or \
             os.environ.get("KERNEL_DELAY_REEXEC"):
         return
-    here = os.path.realpath(sys.executable)
+    # Compare paths, not what they resolve to: a venv's python3 is a
+    # symlink to the system one, but does not see its packages.
+    here = os.path.abspath(sys.executable)
     for candidate in ("/usr/bin/python3", "/usr/libexec/platform-python",
                       "/usr/local/bin/python3"):
-        if os.access(candidate, os.X_OK) and \
-                os.path.realpath(candidate) != here:
+        if os.access(candidate, os.X_OK) and candidate != here:
             os.environ["KERNEL_DELAY_REEXEC"] = "1"
             script = os.path.abspath(sys.argv[0])
             os.execv(candidate, [candidate, script] + sys.argv[1:])

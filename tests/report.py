@@ -1,0 +1,87 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Parse kernel_delay.py's text report back into numbers, for the tests."""
+
+import re
+
+THREAD = re.compile(r"^\s*(\d+) (\S.*?)\s+\[SYSCALL STATISTICS\]$")
+SECTION = re.compile(r"^\s+\[([A-Z ]+) STATISTICS\]$")
+HEADINGS = ("NAME", "COUNT", "SCHED_CNT", "STOP_CNT")
+
+# Column names of the one-row sections.
+ROW_FIELDS = {
+    "LONG POLL": ("count", "average", "min", "max"),
+    "THREAD RUN": ("count", "total", "min", "max"),
+    "THREAD READY": ("count", "total", "max"),
+    "THREAD STOPPED": ("count", "total", "max"),
+}
+
+
+def number(text):
+    return int(text.replace(",", ""))
+
+
+class Window:
+    def __init__(self):
+        self.headers = []
+        self.threads = {}       # name -> dict of sections
+        self.quiet = ""
+        self.skipped = False
+
+
+def parse(text):
+    """A list of Window, one per '# ... sample dump' in text."""
+    windows = []
+    current = Window()
+    thread = section = None
+    for line in text.splitlines():
+        if line.startswith("# No events from"):
+            current.quiet = line
+            continue
+        if line.startswith("#   ") and current.quiet:
+            current.quiet += " " + line[4:]
+            continue
+        if line.startswith("# "):
+            if thread is not None and ("sample dump" in line.lower() or
+                                       line.startswith("# Start")):
+                windows.append(current)
+                current, thread = Window(), None
+            current.headers.append(line)
+            if line.startswith("# Sample dump skipped"):
+                current.skipped = True
+                windows.append(current)
+                current = Window()
+            continue
+        match = THREAD.match(line)
+        if match:
+            tid, name = int(match.group(1)), match.group(2)
+            thread = {"tid": tid, "SYSCALL": {}}
+            current.threads[name] = thread
+            section = "SYSCALL"
+            continue
+        match = SECTION.match(line)
+        if match and thread is not None:
+            section = match.group(1)
+            thread[section] = {} if section in ("SYSCALL", "HARD IRQ",
+                                                "SOFT IRQ") else None
+            continue
+        words = line.split()
+        if not words or thread is None or words[0] in HEADINGS:
+            continue
+        if section in ROW_FIELDS:
+            thread[section] = dict(zip(ROW_FIELDS[section],
+                                       map(number, words)))
+        elif words[0].startswith("TOTAL"):
+            thread[section + " TOTAL"] = tuple(map(number, words[-2:]))
+        elif section == "SYSCALL":
+            thread[section][words[0]] = dict(zip(
+                ("nr", "count", "total", "max"), map(number, words[1:])))
+        elif section == "SOFT IRQ":
+            thread[section][words[0]] = dict(zip(
+                ("vec", "count", "total", "max"), map(number, words[1:])))
+        elif section == "HARD IRQ":
+            thread[section][" ".join(words[:-3])] = dict(zip(
+                ("count", "total", "max"), map(number, words[-3:])))
+    if current.headers or current.threads:
+        windows.append(current)
+    return [w for w in windows if w.threads or w.skipped or
+            any("dump" in h for h in w.headers)]

@@ -1,0 +1,399 @@
+# SPDX-License-Identifier: Apache-2.0
+"""End-to-end tests: real probes on the running kernel.
+
+A workload (tests/workload.c) whose threads do things we control runs
+under the tool; the report is parsed back and checked against exact counts,
+known durations and the kernel's own accounting in
+/proc/PID/task/TID/schedstat.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+import report
+import workload_ctl
+from conftest import SCRIPT, TOP
+
+pytestmark = pytest.mark.privileged
+
+NSEC = 1000 * 1000 * 1000
+MSEC = 1000 * 1000
+BURST = 997         # a prime: an exact count no rounding can produce
+DATAGRAMS = 101
+
+
+def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
+             env=None):
+    """Run kernel_delay.py; call on_start/on_stop when the window opens and
+    closes.  Returns (exit code, stdout, stderr)."""
+    cmd = (cmd or [SCRIPT]) + list(args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True,
+                            bufsize=1, cwd=TOP, env=env)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("# Start sampling") and on_start:
+                on_start(proc)
+            elif line.startswith("# Stop sampling") and on_stop:
+                on_stop(proc)
+        stderr = proc.stderr.read()
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    return code, "".join(lines), stderr
+
+
+@pytest.fixture(scope="session")
+def workload_bin(tmp_path_factory):
+    return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
+
+
+def spin_cpu():
+    return os.cpu_count() - 1
+
+
+def tracefs_mounts():
+    with open("/proc/mounts") as mounts:
+        return sorted(line.split()[1] for line in mounts
+                      if line.split()[2] == "tracefs")
+
+
+def leftovers():
+    """Traces of a run: temporary trees, probe definitions."""
+    found = [name for name in os.listdir(tempfile.gettempdir())
+             if name.startswith("kernel_delay.")]
+    for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        for table in ("uprobe_events", "kprobe_events"):
+            try:
+                with open(os.path.join(path, table)) as events:
+                    found += [line.strip() for line in events
+                              if line.strip()]
+            except OSError:
+                pass
+    return found
+
+
+class Capture:
+    """One run of the tool over a workload, with schedstat at the window
+    edges."""
+
+    def __init__(self, workload, args, actions=()):
+        self.workload = workload
+        self.tids = workload.tids()
+        self.start = self.stop = None
+        self.actions = actions
+        self.before_mounts = tracefs_mounts()
+        self.code, self.out, self.err = run_tool(
+            ["-p", str(workload.pid)] + list(args),
+            on_start=self._on_start, on_stop=self._on_stop)
+        self.windows = report.parse(self.out)
+
+    def schedstat(self):
+        return {name: workload_ctl.read_schedstat(self.workload.pid, tid)
+                for name, tid in self.tids.items()}
+
+    def _on_start(self, _proc):
+        self.start = self.schedstat()
+        for action in self.actions:
+            action(self.workload)
+
+    def _on_stop(self, _proc):
+        self.stop = self.schedstat()
+
+    def thread(self, name):
+        assert self.code == 0, self.err
+        assert len(self.windows) == 1, self.out
+        threads = self.windows[0].threads
+        assert name in threads, "{} missing from:\n{}".format(name, self.out)
+        return threads[name]
+
+    def delta(self, name, column):
+        return self.stop[name][column] - self.start[name][column]
+
+
+@pytest.fixture(scope="module")
+def busy(workload_bin):
+    """A 2 s window over the workload with two spinners sharing a CPU, a
+    burst of getsid() calls and loopback UDP traffic."""
+    def burst(workload):
+        assert workload.command("burst {}".format(BURST)) == \
+            "ok burst {}".format(BURST)
+
+    def udp(workload):
+        assert workload.command("udp {}".format(DATAGRAMS)) == \
+            "ok udp {}".format(DATAGRAMS)
+
+    with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
+        time.sleep(0.3)     # let the spinners settle into sharing
+        yield Capture(load, ["--sample-time", "2"], (burst, udp))
+
+
+def test_exact_count_of_a_rare_syscall(busy):
+    calls = busy.thread("kd-burst")["SYSCALL"]
+    assert calls["getsid"]["count"] == BURST
+    assert calls["getsid"]["max"] <= calls["getsid"]["total"]
+    others = [name for name, thread in busy.windows[0].threads.items()
+              if name != "kd-burst" and "getsid" in thread["SYSCALL"]]
+    assert others == []
+
+
+def test_udp_counts_and_net_rx_in_sender_context(busy):
+    thread = busy.thread("kd-udp")
+    assert thread["SYSCALL"]["sendto"]["count"] == DATAGRAMS
+    assert thread["SYSCALL"]["recvfrom"]["count"] == DATAGRAMS
+    # Loopback transmit raises NET_RX and runs it on local_bh_enable(),
+    # in the sending thread.
+    net_rx = thread["SOFT IRQ"]["net_rx"]
+    assert net_rx["vec"] == 3
+    assert 1 <= net_rx["count"] <= 2 * DATAGRAMS
+    assert thread["SOFT IRQ TOTAL"][0] >= net_rx["count"]
+
+
+def test_sleeps_of_known_length(busy):
+    sleeps = busy.thread("kd-sleep")["SYSCALL"]["clock_nanosleep"]
+    # 20 ms sleeps in a 2 s window: at most 100 complete ones.
+    assert 80 <= sleeps["count"] <= 100
+    assert sleeps["total"] >= sleeps["count"] * 20 * MSEC
+    assert sleeps["total"] / sleeps["count"] < 22 * MSEC
+    assert 20 * MSEC <= sleeps["max"] < 40 * MSEC
+
+
+def test_long_poll_is_the_gap_between_polls(busy):
+    thread = busy.thread("kd-poll")
+    gaps = thread["LONG POLL"]
+    # Each gap is one 30 ms sleep between a poll() return and the next.
+    assert 30 * MSEC <= gaps["min"] <= gaps["average"] <= gaps["max"]
+    assert gaps["average"] < 32 * MSEC
+    assert gaps["max"] < 60 * MSEC
+    polls = thread["SYSCALL"]["poll"]
+    assert abs(polls["count"] - gaps["count"]) <= 1
+    assert 45 <= gaps["count"] <= 57      # 2 s / (5 ms + 30 ms)
+    assert 5 * MSEC <= polls["max"] < 15 * MSEC
+    # TOTAL( - poll) leaves poll() out.
+    assert thread["SYSCALL TOTAL"] == (
+        thread["SYSCALL"]["clock_nanosleep"]["count"],
+        thread["SYSCALL"]["clock_nanosleep"]["total"])
+    # Threads that never poll have no LONG POLL section.
+    assert busy.thread("kd-sleep").get("LONG POLL") is None
+
+
+@pytest.mark.parametrize("name", ["kd-spin1", "kd-spin2"])
+def test_run_and_ready_match_schedstat(busy, name):
+    thread = busy.thread(name)
+    run, ready = thread["THREAD RUN"], thread["THREAD READY"]
+    on_cpu, waited = busy.delta(name, 0), busy.delta(name, 1)
+    # Two spinners on one CPU: each runs about half the time, and waits
+    # the other half.
+    assert on_cpu > 0.6 * NSEC and waited > 0.6 * NSEC
+    assert abs(run["total"] - on_cpu) <= 0.10 * on_cpu
+    assert abs(ready["total"] - waited) <= 0.10 * waited
+    assert abs(run["count"] - ready["count"]) <= 1
+    assert run["min"] <= run["max"] <= run["total"]
+    assert ready["max"] <= ready["total"]
+
+
+@pytest.mark.parametrize("name", ["kd-sleep", "kd-poll", "kd-op"])
+def test_sleeper_run_and_ready_match_schedstat(busy, name):
+    """Threads that sleep run for microseconds per wakeup.  The kernel
+    skips the run queue clock update when a wakeup preempts the CPU's
+    current task (rq_clock_skip_update()), so schedstat charges the
+    wakeup-to-switch latency to run time while the tracepoints see it as
+    waiting.  Their sum, and the number of periods, agree."""
+    thread = busy.thread(name)
+    run, ready = thread["THREAD RUN"], thread["THREAD READY"]
+    on_cpu, waited, slices = (busy.delta(name, column)
+                              for column in range(3))
+    assert abs(run["count"] - slices) <= 2
+    both = on_cpu + waited
+    assert abs(run["total"] + ready["total"] - both) <= 0.10 * both
+    assert run["total"] <= on_cpu
+
+
+def test_report_lists_every_active_thread_sorted(busy):
+    names = list(busy.windows[0].threads)
+    assert names == sorted(names)
+    assert {"kd-burst", "kd-udp", "kd-sleep", "kd-poll", "kd-op",
+            "kd-spin1", "kd-spin2"} <= set(names)
+    for name in names:
+        assert busy.windows[0].threads[name]["tid"] == busy.tids[name]
+
+
+def test_no_stopped_section_without_stops(busy):
+    assert all(thread.get("THREAD STOPPED") is None
+               for thread in busy.windows[0].threads.values())
+
+
+def test_nothing_left_behind(busy):
+    assert busy.code == 0
+    assert leftovers() == []
+    assert tracefs_mounts() == busy.before_mounts
+
+
+def test_sigstop_sigcont_is_stopped_time(workload_bin):
+    times = {}
+
+    def stop_and_continue(workload):
+        time.sleep(0.1)
+        times["stop"] = time.monotonic()
+        os.kill(workload.pid, signal.SIGSTOP)
+        time.sleep(0.3)
+        times["cont"] = time.monotonic()
+        os.kill(workload.pid, signal.SIGCONT)
+
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
+    stopped_for = (times["cont"] - times["stop"]) * NSEC
+    for name in ("kd-main", "kd-sleep", "kd-poll", "kd-op", "kd-burst",
+                 "kd-udp"):
+        stopped = capture.thread(name)["THREAD STOPPED"]
+        assert stopped["count"] == 1, name
+        assert stopped["total"] == stopped["max"]
+        assert abs(stopped["total"] - stopped_for) < 30 * MSEC, name
+
+
+def test_sigterm_ends_a_window_cleanly(workload_bin):
+    with workload_ctl.Workload(workload_bin) as load:
+        started = {}
+
+        def terminate(proc):
+            started["at"] = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                   "60"], on_start=terminate)
+    assert code == 0, err
+    assert time.monotonic() - started["at"] < 10
+    assert "# Interrupted" in out
+    assert err == ""
+    assert leftovers() == []
+
+
+def test_runs_from_an_interpreter_without_bcc(workload_bin, tmp_path):
+    """pyenv, conda and venv interpreters lack the distribution's bcc: the
+    script moves itself to one that has it."""
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip",
+                    str(venv)], check=True)
+    python = str(venv / "bin" / "python3")
+    assert subprocess.run([python, "-c", "import bcc"],
+                          stderr=subprocess.DEVNULL).returncode != 0
+    with workload_ctl.Workload(workload_bin) as load:
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                   "0.3"], cmd=[python, SCRIPT])
+    assert code == 0, err
+    assert "kd-sleep" in report.parse(out)[0].threads
+
+    env = dict(os.environ, KERNEL_DELAY_REEXEC="1")
+    code, out, err = run_tool(["-p", "1"], cmd=[python, SCRIPT], env=env)
+    assert code == os.EX_OSFILE
+    assert err.count("\n") == 1 and err.startswith("ERROR: ")
+    assert "python3-bpfcc" in err
+
+
+def test_mounts_tracefs_when_needed_and_restores(workload_bin):
+    """On a fresh machine tracefs is not mounted: the tool mounts it and
+    unmounts it again.  Runs in a private mount namespace."""
+    with workload_ctl.Workload(workload_bin) as load:
+        script = ("umount /sys/kernel/tracing 2>/dev/null; "
+                  "umount /sys/kernel/debug/tracing 2>/dev/null; "
+                  "grep -c tracefs /proc/mounts; "
+                  "{} {} -p {} --sample-time 0.3 >/dev/null || exit 9; "
+                  "grep -c tracefs /proc/mounts").format(
+                      sys.executable, SCRIPT, load.pid)
+        result = subprocess.run(["unshare", "--mount", "sh", "-c", script],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+    assert result.returncode == 1, result.stderr   # grep -c found 0
+    assert result.stdout.split() == ["0", "0"], result.stderr
+
+
+def one_error_line(code, err, expected_code, fragment):
+    assert code == expected_code, err
+    assert err.count("\n") == 1 and err.startswith("ERROR: "), err
+    assert "Traceback" not in err
+    assert fragment in err
+
+
+def test_error_no_such_pid():
+    code, out, err = run_tool(["-p", "999999999"])
+    one_error_line(code, err, os.EX_NOINPUT, "does not exist")
+    assert out == ""
+
+
+def test_error_no_ovs_vswitchd():
+    code, out, err = run_tool(
+        [], cmd=["unshare", "--pid", "--fork", "--mount-proc",
+                 sys.executable, SCRIPT])
+    one_error_line(code, err, os.EX_NOINPUT, "no running ovs-vswitchd")
+
+
+def test_error_several_ovs_vswitchd(tmp_path):
+    fake = tmp_path / "ovs-vswitchd"
+    fake.symlink_to("/bin/sleep")
+    script = ("{0} 30 & a=$!; {0} 30 & b=$!; sleep 0.3; {1} {2}; code=$?; "
+              "kill $a $b; exit $code").format(fake, sys.executable, SCRIPT)
+    code, out, err = run_tool(
+        [], cmd=["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                 script])
+    one_error_line(code, err, os.EX_USAGE, "--pid")
+
+
+def test_error_not_root():
+    code, out, err = run_tool(
+        ["-p", "1"], cmd=["setpriv", "--reuid=65534", "--regid=65534",
+                          "--clear-groups", sys.executable, SCRIPT])
+    one_error_line(code, err, os.EX_NOPERM, "sudo")
+
+
+# ---- Real Open vSwitch -------------------------------------------------------
+
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+OVS_PIDFILE = "/var/run/openvswitch/ovs-vswitchd.pid"
+
+
+@pytest.fixture(scope="module")
+def ovs():
+    """A running ovs-vswitchd with a userspace (netdev) bridge."""
+    if not os.path.exists(OVS_CTL):
+        pytest.fail("openvswitch-switch is not installed (make deps)")
+    started = subprocess.run([OVS_CTL, "status"],
+                             stdout=subprocess.DEVNULL).returncode != 0
+    if started:
+        subprocess.run([OVS_CTL, "start", "--system-id=random"], check=True,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run(["ovs-vsctl", "--may-exist", "add-br", "br-kd", "--",
+                    "set", "bridge", "br-kd", "datapath_type=netdev"],
+                   check=True)
+    time.sleep(1)           # handler and revalidator threads start
+    with open(OVS_PIDFILE) as pidfile:
+        yield int(pidfile.read())
+    subprocess.run(["ovs-vsctl", "--if-exists", "del-br", "br-kd"])
+    if started:
+        subprocess.run([OVS_CTL, "stop"], stdout=subprocess.DEVNULL)
+
+
+def test_finds_ovs_vswitchd_and_reports_its_threads(ovs):
+    code, out, err = run_tool(["--sample-time", "1"])
+    assert code == 0, err
+    window = report.parse(out)[0]
+    assert window.threads["ovs-vswitchd"]["tid"] == ovs
+    names = list(window.threads) + [window.quiet]
+    assert any(name.startswith("revalidator") for name in window.threads)
+    assert any("handler" in name for name in names), out
+    main = window.threads["ovs-vswitchd"]
+    assert main["SYSCALL"]["poll"]["count"] >= 1
+    assert main["THREAD RUN"]["count"] >= 1
