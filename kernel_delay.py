@@ -204,7 +204,7 @@ static __always_inline u64 capture_state(void)
     u32 key = 0;
     u64 *val = capture.lookup(&key);
 
-    return val ? *val : CAPTURE_ARMED;
+    return val ? *val : CAPTURE_PAUSED;
 }
 
 static __always_inline bool capturing(void)
@@ -590,9 +590,10 @@ class Event(enum.IntEnum):
 
 class Capture(enum.IntEnum):
     """Values of the capture map (C: enum capture_state)."""
-    ARMED = 0       # not capturing; a start trigger may open a window
-    RUNNING = 1     # inside a window
-    HOLD = 2        # window closed, being reported; triggers are ignored
+    PAUSED = 0      # between windows (and at load): triggers are ignored
+    ARMED = 1       # waiting for a start trigger to open a window
+    RUNNING = 2     # inside a window
+    HOLD = 3        # window being reported: start triggers count as missed
 
 
 class Counter(enum.IntEnum):
@@ -990,6 +991,15 @@ enum { false = 0, true = 1 };
 typedef unsigned long size_t;
 typedef unsigned long uintptr_t;
 typedef int pid_t;
+/* USDT argument readers use the C99 names. */
+typedef s8 int8_t;
+typedef s16 int16_t;
+typedef s32 int32_t;
+typedef s64 int64_t;
+typedef u8 uint8_t;
+typedef u16 uint16_t;
+typedef u32 uint32_t;
+typedef u64 uint64_t;
 #define EEXIST 17
 #ifndef offsetof
 #define offsetof(type, member) __builtin_offsetof(type, member)
@@ -1542,6 +1552,7 @@ class Sampler:
         args = self.args
         window = Window()
         self.probes.reset()
+        self.probes.poll(0)     # drop events of earlier windows
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
             window.start_ts = self.wait_for(Event.START_TRIGGER)
@@ -1590,7 +1601,7 @@ class Sampler:
                 continue
             done += 1
             if done < self.args.sample_count and self.args.sample_interval:
-                self.probes.set_state(Capture.HOLD)
+                self.probes.set_state(Capture.PAUSED)
                 time.sleep(self.args.sample_interval)
         self.say(format_warnings(self.probes.counters(),
                                  self.args.sample_count))
