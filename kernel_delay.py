@@ -1595,6 +1595,9 @@ class Sampler:
         return window
 
     def run(self):
+        if self.args.start_trigger:
+            self.say(timestamp_line("# Waiting for start trigger '{}'".format(
+                self.args.start_trigger.text)))
         done = 0
         while done < self.args.sample_count:
             if self.one_window() is None:

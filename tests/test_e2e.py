@@ -30,9 +30,10 @@ DATAGRAMS = 101
 
 
 def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
-             env=None):
-    """Run kernel_delay.py; call on_start/on_stop when the window opens and
-    closes.  Returns (exit code, stdout, stderr)."""
+             env=None, on_waiting=None):
+    """Run kernel_delay.py; call on_start/on_stop(process) when the window
+    opens and closes, on_waiting when it waits for a start trigger.
+    Returns (exit code, stdout, stderr)."""
     cmd = (cmd or [SCRIPT]) + list(args)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True,
@@ -47,6 +48,8 @@ def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
                 on_start(proc)
             elif line.startswith("# Stop sampling") and on_stop:
                 on_stop(proc)
+            elif line.startswith("# Waiting for start") and on_waiting:
+                on_waiting(proc)
         stderr = proc.stderr.read()
         code = proc.wait()
     finally:
@@ -359,7 +362,7 @@ def test_error_not_root():
     one_error_line(code, err, os.EX_NOPERM, "sudo")
 
 
-# ---- Real Open vSwitch -------------------------------------------------------
+# ---- Real Open vSwitch ------------------------------------------------------
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 OVS_PIDFILE = "/var/run/openvswitch/ovs-vswitchd.pid"

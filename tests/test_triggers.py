@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Trigger mode on the real kernel: USDT, uprobe, uretprobe, library
+uprobes and tracepoints open and close windows around actions of known
+length in the workload (kd_op(ms) sleeps ms milliseconds between its
+kd_workload:op_start and op_end USDT probes: 5 ms, then 50 ms)."""
+
+import os
+import re
+import signal
+import threading
+
+import pytest
+
+import report
+import workload_ctl
+from test_e2e import MSEC, leftovers, run_tool
+
+pytestmark = pytest.mark.privileged
+
+LONG, SHORT = 50 * MSEC, 5 * MSEC
+TRIGGER_HEADER = re.compile(r"^# (Start|Stop) sampling \(trigger@(\d+)\)",
+                            re.M)
+
+
+@pytest.fixture(scope="module")
+def load(tmp_path_factory):
+    binary = workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
+    with workload_ctl.Workload(binary) as workload:
+        yield workload
+
+
+def deltas(out):
+    return [int(d.replace(",", "")) for d in
+            re.findall(r"^# Triggered sample dump, stop-start delta "
+                       r"([\d,]+) ns", out, re.M)]
+
+
+def skipped(out):
+    return [int(d.replace(",", "")) for d in
+            re.findall(r"^# Sample dump skipped, delta ([\d,]+) ns",
+                       out, re.M)]
+
+
+def check_op_window(window, delta):
+    """A window from kd_op's entry to its return holds its one 50 ms
+    sleep, and no more."""
+    sleeps = window.threads["kd-op"]["SYSCALL"]["clock_nanosleep"]
+    assert sleeps["count"] == 1
+    assert LONG <= sleeps["total"] <= delta
+
+
+@pytest.mark.parametrize("start,stop", [
+    ("u:kd_workload:op_start", "u:kd_workload:op_end"),
+    ("up:kd_op", "ur:kd_op"),
+    ("uprobe:kd_op", "upr:kd_op"),
+])
+def test_window_between_two_triggers(load, start, stop):
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               start, "--stop-trigger", stop,
+                               "--trigger-delta", str(20 * MSEC),
+                               "--sample-count", "2"])
+    assert code == 0, err
+    # Windows alternate 5 ms and 50 ms: the short ones are skipped and
+    # do not count towards --sample-count.
+    found = deltas(out)
+    assert len(found) == 2, out
+    for delta in found:
+        assert LONG <= delta < LONG + 5 * MSEC, out
+    for delta in skipped(out):
+        assert SHORT <= delta < SHORT + 5 * MSEC, out
+    windows = [w for w in report.parse(out) if not w.skipped]
+    assert len(windows) == 2
+    for window, delta in zip(windows, found):
+        check_op_window(window, delta)
+    # The header's delta is the difference of the trigger timestamps.
+    stamps = [int(ts) for _, ts in TRIGGER_HEADER.findall(out)]
+    pairs = list(zip(stamps[::2], stamps[1::2]))
+    assert [b - a for a, b in pairs if b - a >= 20 * MSEC] == found
+
+
+def test_start_trigger_only_lasts_sample_time(load):
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               "u:kd_workload:op_start", "--sample-time",
+                               "0.3"])
+    assert code == 0, err
+    assert re.search(r"^# Start sampling \(trigger@\d+\)", out, re.M)
+    assert re.search(r"^# Stop sampling @", out, re.M)
+    assert re.search(r"^# Sample dump @", out, re.M)
+    window = report.parse(out)[0]
+    # 0.3 s of 20 ms sleeps
+    assert 12 <= window.threads["kd-sleep"]["SYSCALL"]["clock_nanosleep"][
+        "count"] <= 15
+
+
+def test_tracepoint_stop_trigger_closes_the_window(load):
+    """Stop only: the window opens at once and closes at the trigger, the
+    entry of the first getsid() of a burst."""
+    def burst(_proc):
+        load.command("burst 997")
+
+    code, out, err = run_tool(["-p", str(load.pid), "--stop-trigger",
+                               "t:syscalls:sys_enter_getsid"],
+                              on_start=burst)
+    assert code == 0, err
+    assert re.search(r"^# Start sampling @", out, re.M)
+    assert re.search(r"^# Stop sampling \(trigger@\d+\)", out, re.M)
+    window = report.parse(out)[0]
+    # The window closed before any getsid() returned.
+    assert "getsid" not in window.threads.get(
+        "kd-burst", {"SYSCALL": {}})["SYSCALL"]
+
+
+def test_library_uprobe_and_tracepoint_start_trigger(load):
+    """A start trigger in libc, the window opened by a tracepoint of a
+    system call of the workload; exact count inside."""
+    stop = threading.Event()
+
+    def poke():
+        # Until the window opens, make the workload send a datagram.
+        while not stop.wait(0.2):
+            load.command("udp 1")
+
+    def burst(_proc):
+        stop.set()
+        load.command("burst 997")
+
+    helper = threading.Thread(target=poke)
+    helper.start()
+    try:
+        code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                                   "t:syscalls:sys_enter_sendto",
+                                   "--sample-time", "0.5"],
+                                  on_start=burst)
+    finally:
+        stop.set()
+        helper.join()
+    assert code == 0, err
+    window = report.parse(out)[0]
+    assert window.threads["kd-burst"]["SYSCALL"]["getsid"]["count"] == 997
+
+    libc = "up:c:clock_nanosleep"
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               libc, "--sample-time", "0.1"])
+    assert code == 0, err
+    assert re.search(r"^# Start sampling \(trigger@\d+\)", out, re.M)
+    # The same library by the path the process maps it from.
+    with open("/proc/{}/maps".format(load.pid)) as maps:
+        path = next(line.split()[-1] for line in maps
+                    if re.search(r"/libc[.-][^/]*so", line))
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               "ur:{}:clock_nanosleep".format(path),
+                               "--sample-time", "0.1"])
+    assert code == 0, err
+    assert re.search(r"^# Start sampling \(trigger@\d+\)", out, re.M)
+
+
+def test_internal_tracepoint_as_trigger_and_missed_starts(load):
+    """raw_syscalls:sys_enter is also one of the tool's own probes; as a
+    start trigger it fires constantly, also while a window is being
+    reported: those starts are missed and the tool says so."""
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               "t:raw_syscalls:sys_enter", "--sample-time",
+                               "0.05", "--sample-count", "3"])
+    assert code == 0, err
+    assert out.count("# Sample dump @") == 3
+    assert re.search(r"^# WARNING: \d+ start triggers were missed", out,
+                     re.M), out
+
+
+def test_ctrl_c_while_waiting_for_a_trigger(load):
+    def interrupt(proc):
+        proc.send_signal(signal.SIGINT)
+
+    code, out, err = run_tool(
+        ["-p", str(load.pid), "--start-trigger",
+         "t:syscalls:sys_enter_getsid"], on_waiting=interrupt)
+    assert code == 0, err
+    assert "# Interrupted" in out
+    assert "Traceback" not in err
+    assert "Sample dump" not in out
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("trigger,code,fragment", [
+    ("x:foo", 2, "unknown trigger type 'x'"),
+    ("u:kd_workload", 2, "wrong number of fields"),
+    ("k:foo-bar", 2, "not a valid name"),
+    ("u:kd_workload:nope", os.EX_CONFIG,
+     "has no USDT probe kd_workload:nope; it has: kd_workload:op_end, "
+     "kd_workload:op_start"),
+    ("up:no_such_function", os.EX_CONFIG, "no symbol no_such_function"),
+    ("ur:c:no_such_function", os.EX_CONFIG, "no symbol no_such_function"),
+    ("up:libnotmapped:f", os.EX_CONFIG, "is not mapped by process"),
+    ("t:sched:no_such_event", os.EX_CONFIG, "no tracepoint"),
+    ("k:kd_no_such_function", "kprobe", None),
+    ("kr:kd_no_such_function", "kprobe", None),
+])
+def test_trigger_errors(load, trigger, code, fragment):
+    if code == "kprobe":
+        # This machine's kernel has no kprobes; elsewhere the function
+        # name is what is wrong.
+        if os.path.exists("/sys/bus/event_source/devices/kprobe"):
+            code, fragment = os.EX_CONFIG, "no kernel function"
+        else:
+            code, fragment = os.EX_UNAVAILABLE, "does not support kprobes"
+    got, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                              trigger])
+    assert got == code, err
+    assert "Traceback" not in err
+    assert fragment in err
+    if code != 2:
+        assert err.count("\n") == 1 and err.startswith("ERROR: "), err
+    assert out == ""
