@@ -41,7 +41,6 @@ import signal
 import struct
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -288,8 +287,11 @@ static __always_inline void emit(u32 type, u64 now)
 }
 
 /* ---- System calls and poll() gaps ---------------------------------- */
+/* Raw tracepoints: every system call of every process passes here, and
+ * they skip the copy of the arguments into a trace record. */
 
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+/* args: struct pt_regs *regs, long id */
+RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -298,11 +300,12 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 
     u32 tid = pid_tgid;
     u64 now = bpf_ktime_get_ns();
-    struct sys_start_t start = { .ts = now, .nr = args->id };
+    u64 nr = ctx->args[1];
+    struct sys_start_t start = { .ts = now, .nr = nr };
 
     check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
 
-    if (IS_POLL(args->id)) {
+    if (IS_POLL(nr)) {
         struct acc_t zero = {};
         u64 gap = since(poll_ret.lookup(&tid), now);
 
@@ -315,7 +318,8 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
     return 0;
 }
 
-TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+/* args: struct pt_regs *regs, long ret */
+RAW_TRACEPOINT_PROBE(sys_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -617,6 +621,19 @@ def c_enum(enum_class, prefix):
                      for member in enum_class)
 
 
+# What each table-full counter is about, for the warnings.
+COUNTER_TABLES = {
+    Counter.SYS_START_FULL: "system call start",
+    Counter.SYS_STATS_FULL: "system call statistics",
+    Counter.POLL_FULL: "poll gap",
+    Counter.RUN_FULL: "run time",
+    Counter.READY_FULL: "ready time",
+    Counter.STOP_FULL: "stopped time",
+    Counter.HARDIRQ_FULL: "hard IRQ",
+    Counter.SOFTIRQ_FULL: "soft IRQ",
+    Counter.NAME_FULL: "exited thread name",
+}
+
 SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
                  "tasklet", "sched", "hrtimer", "rcu")
 
@@ -693,6 +710,18 @@ class Window:
 def unsigned_int(text):
     """argparse type: an integer >= 0."""
     try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError("'{}' is not an integer"
+                                         .format(text))
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def debug_flags(text):
+    """argparse type: BCC debug flags, decimal or 0x hexadecimal."""
+    try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError("'{}' is not an integer"
@@ -722,9 +751,17 @@ def seconds(text):
     return value
 
 
+def positive_seconds(text):
+    """argparse type: a duration in seconds, > 0."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def round_up_pow2(value):
     """The smallest power of two >= value (value >= 1)."""
-    return 1 << max(0, (value - 1).bit_length())
+    return 1 << (max(1, value) - 1).bit_length()
 
 
 TRIGGER_KINDS = {
@@ -849,20 +886,22 @@ class Btf:
             "struct" if kind == BTF_KIND_STRUCT else "type", name))
 
     def members(self, type_id, base_bits=0):
-        """(name, bit offset, type id) of the members, anonymous struct and
-        union members flattened."""
+        """(name, bit offset, type id, bit field size or 0) of the members,
+        anonymous struct and union members flattened."""
         _, kind, vlen, kflag, _ = self._type(type_id)
         pos = self.offsets[type_id] + 12
         for i in range(vlen):
             name_off, member_type, offset = struct.unpack_from(
                 "<III", self.data, pos + 12 * i)
+            # With kind_flag, the top 8 bits hold a bit field's size.
             bits = base_bits + (offset & 0xffffff if kflag else offset)
+            bitfield = offset >> 24 if kflag else 0
             inner = self.resolve(member_type)
             if name_off == 0 and self._type(inner)[1] in (BTF_KIND_STRUCT,
                                                           BTF_KIND_UNION):
                 yield from self.members(inner, bits)
             else:
-                yield self._name(name_off), bits, member_type
+                yield self._name(name_off), bits, member_type, bitfield
 
     def resolve(self, type_id):
         """Skip typedefs and qualifiers."""
@@ -882,8 +921,8 @@ def task_layout_from_btf(data):
     """The TaskLayout of the kernel described by a vmlinux BTF blob."""
     btf = Btf(data)
     task = btf.find(BTF_KIND_STRUCT, "task_struct")
-    members = {name: (bits, type_id)
-               for name, bits, type_id in btf.members(task)}
+    members = {name: (bits, type_id, bitfield)
+               for name, bits, type_id, bitfield in btf.members(task)}
     found = {}
     for wanted in ("pid", "tgid"):
         if wanted not in members:
@@ -893,8 +932,8 @@ def task_layout_from_btf(data):
     state = members.get("__state") or members.get("state")
     if state is None:
         raise BtfError("task_struct has no '__state' or 'state' member")
-    for bits, _ in list(found.values()) + [state]:
-        if bits % 8:
+    for bits, _, bitfield in list(found.values()) + [state]:
+        if bits % 8 or bitfield:
             raise BtfError("task_struct member is a bit field")
     if btf.size(found["pid"][1]) != 4 or btf.size(found["tgid"][1]) != 4:
         raise BtfError("task_struct pid/tgid are not 32-bit")
@@ -1094,7 +1133,8 @@ def timestamp_line(message, now=None):
     now = now or datetime.datetime.now().astimezone()
     utc = now.astimezone(datetime.timezone.utc)
     return "{} @{} ({} UTC)".format(message,
-                                    now.replace(tzinfo=None).isoformat(),
+                                    now.replace(tzinfo=None).isoformat(
+                                        timespec="microseconds"),
                                     utc.strftime("%H:%M:%S"))
 
 
@@ -1195,15 +1235,25 @@ def format_report(threads, syscall_names, poll_nrs, quiet=()):
             lines.append("")
         lines += format_thread(stats, syscall_names, poll_nrs)
     if quiet:
-        names = ", ".join("{} ({})".format(name, tid)
-                          for tid, name in sorted(quiet,
-                                                  key=lambda q: (q[1], q[0])))
-        lines += [""] + textwrap.wrap(
-            "No events from {} thread{} (blocked or on a CPU for the whole "
-            "window): {}".format(len(quiet), "s" if len(quiet) > 1 else "",
-                                 names),
-            width=79, initial_indent="# ", subsequent_indent="#   ")
+        lines += [""] + wrap_items(
+            "# No events from {} thread{} (blocked or on a CPU for the whole "
+            "window):".format(len(quiet), "s" if len(quiet) > 1 else ""),
+            ["{} ({})".format(name, tid) for tid, name in
+             sorted(quiet, key=lambda item: (item[1], item[0]))])
     return lines
+
+
+def wrap_items(head, items, width=79, indent="#   "):
+    """head followed by comma separated items, wrapped between items."""
+    lines, line = [], head
+    for index, item in enumerate(items):
+        text = item + ("," if index < len(items) - 1 else "")
+        if len(line) + 1 + len(text) > width and line.strip("# "):
+            lines.append(line)
+            line = indent + text
+        else:
+            line += " " + text
+    return lines + [line]
 
 
 def format_warnings(counters, sample_count):
@@ -1227,7 +1277,7 @@ def format_warnings(counters, sample_count):
         else:
             text = ("{} updates of the {} table failed (table full): some "
                     "data is missing; increase --max-threads.".format(
-                        value, counter.name[:-5].lower()))
+                        value, COUNTER_TABLES[counter]))
         lines.append("# WARNING: " + text)
     return lines
 
@@ -1803,7 +1853,7 @@ def build_parser():
     parser.add_argument("-p", "--pid", type=positive_int, metavar="PID",
                         help="process to monitor, default: the single "
                              "running ovs-vswitchd")
-    parser.add_argument("--sample-time", type=seconds, default=0.5,
+    parser.add_argument("--sample-time", type=positive_seconds, default=0.5,
                         metavar="SECONDS",
                         help="length of a window, default 0.5")
     parser.add_argument("--sample-count", type=positive_int, default=1,
@@ -1828,7 +1878,7 @@ def build_parser():
     parser.add_argument("--max-threads", type=positive_int, default=4096,
                         metavar="THREADS",
                         help="threads the tables hold, default 4096")
-    parser.add_argument("-D", "--debug", type=unsigned_int, nargs="?",
+    parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
     parser.add_argument("--ebpf", action="store_true",

@@ -142,7 +142,8 @@ def filler_types(btf):
 
 def modern_task_btf(kflag=False, duplicate_name=False):
     """task_struct with a volatile unsigned int __state at 24, pid_t pid at
-    1264 and tgid at 1268 inside an anonymous union of an anonymous struct.
+    1264, and pid_t tgid at 1272: 4 bytes into an anonymous struct inside
+    an anonymous union at 1268.
     """
     btf = BtfBuilder()
     int_id, uint_id, long_id = filler_types(btf)

@@ -43,10 +43,11 @@ def test_defaults(kd):
     (["--buffer-page-count", "1"], "buffer_page_count", 1),
     (["--buffer-page-count", "1024"], "buffer_page_count", 1024),
     (["--buffer-page-count", "1025"], "buffer_page_count", 2048),
-    (["-p", "0x10"], "pid", 16),
+    (["-p", "010"], "pid", 10),
+    (["-D", "0x10"], "debug", 16),
     (["--pid", "4242"], "pid", 4242),
     (["--sample-time", "2.5"], "sample_time", 2.5),
-    (["--sample-time", "0"], "sample_time", 0.0),
+    (["--sample-time", "0.001"], "sample_time", 0.001),
     (["--sample-interval", "1"], "sample_interval", 1.0),
     (["-D"], "debug", 0x3f),
     (["--ebpf"], "ebpf", True),
@@ -79,6 +80,9 @@ def test_parse_args_trigger(kd):
      "argument --sample-time: must be a finite number >= 0"),
     (["--sample-time", "abc"],
      "argument --sample-time: 'abc' is not a number of seconds"),
+    (["--sample-time", "0"], "argument --sample-time: must be more than 0"),
+    (["-p", "0x10"], "argument -p/--pid: '0x10' is not an integer"),
+    (["-D", "zz"], "argument -D/--debug: 'zz' is not an integer"),
     (["--sample-interval", "-0.5"],
      "argument --sample-interval: must be a finite number >= 0"),
     (["--buffer-page-count", "0"],
@@ -354,7 +358,7 @@ def test_script_ebpf_unprivileged():
                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert (res.returncode, res.stderr) == (0, "")
     assert "\n#define MONITOR_TGID    1\n" in res.stdout
-    assert "TRACEPOINT_PROBE(raw_syscalls, sys_enter)" in res.stdout
+    assert "RAW_TRACEPOINT_PROBE(sys_enter)" in res.stdout
 
 
 # ---- 5. BTF ----------------------------------------------------------------
@@ -405,6 +409,18 @@ def test_btf_task_struct_errors(kd, members, kw, message):
     with pytest.raises(kd.BtfError) as exc:
         kd.task_layout_from_btf(btf_builder.task_btf(members, **kw))
     assert str(exc.value) == message
+
+
+def test_btf_rejects_byte_aligned_bit_field(kd):
+    """With kind_flag set (pahole sets it on task_struct, which has bit
+    fields) the bit field size sits in the top 8 bits of the offset."""
+    builder = btf_builder.BtfBuilder()
+    int_id, uint_id, _ = btf_builder.filler_types(builder)
+    builder.add_struct("task_struct", 64, [
+        ("__state", uint_id, 0), ("pid", int_id, 64, 4),   # int pid:4;
+        ("tgid", int_id, 96)], kflag=True)
+    with pytest.raises(kd.BtfError, match="bit field"):
+        kd.task_layout_from_btf(builder.blob())
 
 
 def test_btf_no_task_struct(kd):
@@ -590,10 +606,6 @@ def test_quiet_note_singular(kd):
         "window): urcu2 (7)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the quiet-thread note wraps "
-                   "with textwrap's break_on_hyphens, so a thread name such "
-                   "as ovs-vswitchd is split across lines ('ovs-' / "
-                   "'vswitchd (1)')")
 def test_quiet_note_keeps_names_whole(kd):
     lines = kd.format_report({}, {}, POLL_NRS, [(1, "ovs-vswitchd")])
     assert any("ovs-vswitchd (1)" in line for line in lines)
@@ -617,10 +629,12 @@ def test_format_warnings_ringbuf(kd):
 
 
 @pytest.mark.parametrize("counter, table", [
-    ("SYS_START_FULL", "sys_start"), ("SYS_STATS_FULL", "sys_stats"),
-    ("POLL_FULL", "poll"), ("RUN_FULL", "run"), ("READY_FULL", "ready"),
-    ("STOP_FULL", "stop"), ("HARDIRQ_FULL", "hardirq"),
-    ("SOFTIRQ_FULL", "softirq"), ("NAME_FULL", "name")])
+    ("SYS_START_FULL", "system call start"),
+    ("SYS_STATS_FULL", "system call statistics"),
+    ("POLL_FULL", "poll gap"), ("RUN_FULL", "run time"),
+    ("READY_FULL", "ready time"), ("STOP_FULL", "stopped time"),
+    ("HARDIRQ_FULL", "hard IRQ"), ("SOFTIRQ_FULL", "soft IRQ"),
+    ("NAME_FULL", "exited thread name")])
 def test_format_warnings_table_full(kd, counter, table):
     assert kd.format_warnings({kd.Counter[counter]: 3}, 1) == \
         [TABLE_FULL.format(3, table)]
