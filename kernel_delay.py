@@ -170,19 +170,25 @@ struct name_t {
     char comm[16];
 };
 
+struct sched_t {
+    u64 run_start;
+    u64 ready_start;
+    u64 stop_start;
+    u64 switched;       /* a switch of this thread was seen */
+};
+
 BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
 BPF_PERCPU_ARRAY(counters, u64, @COUNTER_COUNT@);
-BPF_ARRAY(capture, u64, 1);
+/* [0]: enum capture_state; [1]: when the window opened (ns). */
+BPF_ARRAY(capture, u64, 2);
 
 BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
 BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
 BPF_HASH(poll_ret, u32, u64, MAX_THREADS);
 BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
-BPF_HASH(run_start, u32, u64, MAX_THREADS);
+BPF_HASH(sched_state, u32, struct sched_t, MAX_THREADS);
 BPF_HASH(run_stats, u32, struct acc_t, MAX_THREADS);
-BPF_HASH(ready_start, u32, u64, MAX_THREADS);
 BPF_HASH(ready_stats, u32, struct acc_t, MAX_THREADS);
-BPF_HASH(stop_start, u32, u64, MAX_THREADS);
 BPF_HASH(stop_stats, u32, struct acc_t, MAX_THREADS);
 BPF_PERCPU_ARRAY(hardirq_start, struct hardirq_start_t, 1);
 BPF_HASH(hardirq_stats, struct hardirq_key_t, struct acc_t, MAX_IRQ_KEYS);
@@ -204,6 +210,14 @@ static __always_inline u64 capture_state(void)
     u64 *val = capture.lookup(&key);
 
     return val ? *val : CAPTURE_PAUSED;
+}
+
+static __always_inline u64 window_start(void)
+{
+    u32 key = 1;
+    u64 *val = capture.lookup(&key);
+
+    return val ? *val : 0;
 }
 
 static __always_inline bool capturing(void)
@@ -271,6 +285,7 @@ static __always_inline u64 since(u64 *start, u64 now)
 {
     return start ? now - *start + 1 : 0;
 }
+
 
 static __always_inline void emit(u32 type, u64 now)
 {
@@ -347,20 +362,63 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 }
 
 /* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
+/*
+ * One entry per thread seen by the scheduler probes in this window, with
+ * the start of its open run, ready and stopped periods (0: none).  A
+ * thread's first switch in the window may close a period that began
+ * before it: one it was on a CPU for, or queued for.  After that, a
+ * missing start means the kernel did not report an event: the period
+ * is left out and counted (COUNTER_SCHED_LOST).
+ */
+static __always_inline struct sched_t *sched_entry(u32 tid)
+{
+    struct sched_t *entry = sched_state.lookup(&tid);
+
+    if (entry)
+        return entry;
+
+    struct sched_t zero = {};
+
+    check_store(sched_state.insert(&tid, &zero), COUNTER_SCHED_FULL);
+    return sched_state.lookup(&tid);
+}
+
+/* Start of a period that ends now: the stamp, else the window start for
+ * a thread's first switch, else 0 (lost event). */
+static __always_inline u64 period_start(struct sched_t *entry, u64 stamp)
+{
+    if (stamp)
+        return stamp;
+    if (!entry->switched)
+        return window_start();
+    bump(COUNTER_SCHED_LOST);
+    return 0;
+}
+
+static __always_inline void close_run(u32 tid, struct sched_t *entry,
+                                      u64 now)
+{
+    struct acc_t zero = {};
+    u64 start = period_start(entry, entry->run_start);
+
+    if (start && now >= start)
+        account(run_stats.lookup_or_try_init(&tid, &zero), now - start,
+                COUNTER_RUN_FULL);
+    entry->run_start = 0;
+    entry->switched = 1;
+}
 
 static __always_inline void ready_since(void *task, u64 now)
 {
     if (!capturing() || task_tgid(task) != MONITOR_TGID)
         return;
 
-    u32 tid = task_pid(task);
+    struct sched_t *entry = sched_entry(task_pid(task));
 
     /* Keep an older stamp: a wakeup of a task that is already queued
      * (preempted while going to sleep) does not restart its wait. */
-    int err = ready_start.insert(&tid, &now);
-
-    if (err && err != -EEXIST)
-        bump(COUNTER_READY_FULL);
+    if (entry && !entry->ready_start)
+        entry->ready_start = now;
 }
 
 /* args: struct task_struct *p */
@@ -386,34 +444,21 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
     u64 now = bpf_ktime_get_ns();
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    struct acc_t zero = {};
-    u64 delta;
+    struct sched_t *entry;
 
-    if (is_target(pid_tgid)) {
-        u32 tid = pid_tgid;
-        void *prev = (void *)ctx->args[1];
+    if (is_target(pid_tgid) && (entry = sched_entry(pid_tgid))) {
         /* The state is read live rather than from the prev_state
          * argument: __schedule() resets it to TASK_RUNNING when a
          * signal is pending, and the task then stays queued. */
-        u64 state = task_state(prev);
+        u64 state = task_state((void *)ctx->args[1]);
         bool preempted = ctx->args[0] & 1;
 
-        delta = since(run_start.lookup(&tid), now);
-        if (delta) {
-            run_start.delete(&tid);
-            account(run_stats.lookup_or_try_init(&tid, &zero), delta - 1,
-                    COUNTER_RUN_FULL);
-        }
-
+        close_run(pid_tgid, entry, now);
         /* Preempted, or yielding while runnable: still on the run
          * queue, so its wait for a CPU starts now. */
-        if (preempted || state == 0)
-            check_store(ready_start.update(&tid, &now), COUNTER_READY_FULL);
-        else
-            ready_start.delete(&tid);
-
+        entry->ready_start = preempted || state == 0 ? now : 0;
         if (!preempted && (state & STOPPED_STATE_MASK))
-            check_store(stop_start.update(&tid, &now), COUNTER_STOP_FULL);
+            entry->stop_start = now;
     }
 
     void *next = (void *)ctx->args[2];
@@ -422,20 +467,26 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         return 0;
 
     u32 tid = task_pid(next);
+    struct acc_t zero = {};
+    u64 start;
 
-    delta = since(ready_start.lookup(&tid), now);
-    if (delta) {
-        ready_start.delete(&tid);
-        account(ready_stats.lookup_or_try_init(&tid, &zero), delta - 1,
+    entry = sched_entry(tid);
+    if (!entry)
+        return 0;
+    /* Without a stamp at its first switch, next was queued before the
+     * window opened: every way onto a run queue inside the window
+     * (wakeup, new task, preemption) leaves one. */
+    start = period_start(entry, entry->ready_start);
+    if (start && now >= start)
+        account(ready_stats.lookup_or_try_init(&tid, &zero), now - start,
                 COUNTER_READY_FULL);
-    }
-    delta = since(stop_start.lookup(&tid), now);
-    if (delta) {
-        stop_start.delete(&tid);
-        account(stop_stats.lookup_or_try_init(&tid, &zero), delta - 1,
-                COUNTER_STOP_FULL);
-    }
-    check_store(run_start.update(&tid, &now), COUNTER_RUN_FULL);
+    if (entry->stop_start && now >= entry->stop_start)
+        account(stop_stats.lookup_or_try_init(&tid, &zero),
+                now - entry->stop_start, COUNTER_STOP_FULL);
+    entry->ready_start = 0;
+    entry->stop_start = 0;
+    entry->run_start = now;
+    entry->switched = 1;
     return 0;
 }
 
@@ -554,8 +605,13 @@ static __always_inline int start_trigger(void)
     }
     if (*state != CAPTURE_ARMED)
         return 0;
+
+    u32 start_key = 1;
+    u64 now = bpf_ktime_get_ns();
+
+    capture.update(&start_key, &now);
     *state = CAPTURE_RUNNING;
-    emit(EVENT_START_TRIGGER, bpf_ktime_get_ns());
+    emit(EVENT_START_TRIGGER, now);
     return 0;
 }
 
@@ -566,8 +622,20 @@ static __always_inline int stop_trigger(void)
 
     if (!state || *state != CAPTURE_RUNNING)
         return 0;
+
+    u64 now = bpf_ktime_get_ns();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    /* The window closes with this thread on a CPU: close its run period
+     * here, as user space cannot tell one that spans the whole window. */
+    if (is_target(pid_tgid)) {
+        struct sched_t *entry = sched_entry(pid_tgid);
+
+        if (entry)
+            close_run(pid_tgid, entry, now);
+    }
     *state = CAPTURE_HOLD;
-    emit(EVENT_STOP_TRIGGER, bpf_ktime_get_ns());
+    emit(EVENT_STOP_TRIGGER, now);
     return 0;
 }
 
@@ -613,6 +681,8 @@ class Counter(enum.IntEnum):
     HARDIRQ_FULL = 8
     SOFTIRQ_FULL = 9
     NAME_FULL = 10
+    SCHED_FULL = 11
+    SCHED_LOST = 12
 
 
 def c_enum(enum_class, prefix):
@@ -632,6 +702,7 @@ COUNTER_TABLES = {
     Counter.HARDIRQ_FULL: "hard IRQ",
     Counter.SOFTIRQ_FULL: "soft IRQ",
     Counter.NAME_FULL: "exited thread name",
+    Counter.SCHED_FULL: "scheduler state",
 }
 
 SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
@@ -657,6 +728,12 @@ class Acc:
     @property
     def average(self):
         return self.total // self.count if self.count else 0
+
+    def add(self, delta):
+        self.count += 1
+        self.total += delta
+        self.min = delta if self.count == 1 else min(self.min, delta)
+        self.max = max(self.max, delta)
 
 
 @dataclass
@@ -1264,6 +1341,10 @@ def format_warnings(counters, sample_count):
         Counter.TRIGGER_MISSED: "{} start triggers were missed: they fired "
                                 "while the previous window was being "
                                 "reported.",
+        Counter.SCHED_LOST: "{} context switches were not reported by the "
+                            "kernel (a thread switched out without being "
+                            "seen switching in): the periods they would "
+                            "have closed are left out.",
     }
     lines = []
     for counter in Counter:
@@ -1309,6 +1390,23 @@ def collect_threads(rows):
         irqs[name] = acc
     for (tid, vec), acc in rows.get("softirq_stats", ()):
         thread(tid).softirqs[vec] = acc
+    return threads
+
+
+def add_open_periods(threads, starts, end):
+    """Count the periods still open when the window closed at end.
+
+    starts maps a ThreadStats attribute ("run", "ready", "stopped") to
+    {tid: start ns} as left in the start tables.
+    """
+    for attr, table in starts.items():
+        for tid, start in table.items():
+            if start > end:         # stamped as the window was closing
+                continue
+            stats = threads.setdefault(tid, ThreadStats(tid=tid))
+            if getattr(stats, attr) is None:
+                setattr(stats, attr, Acc())
+            getattr(stats, attr).add(end - start)
     return threads
 
 
@@ -1501,8 +1599,8 @@ class Probes:
 
     STAT_TABLES = ("sys_stats", "poll_stats", "run_stats", "ready_stats",
                    "stop_stats", "hardirq_stats", "softirq_stats")
-    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "run_start",
-                            "ready_start", "stop_start", "exit_names")
+    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "sched_state",
+                            "exit_names")
 
     def __init__(self, bpf, pid):
         self.bpf = bpf
@@ -1524,6 +1622,13 @@ class Probes:
         table = self.bpf["capture"]
         table[table.Key(0)] = table.Leaf(int(state))
 
+    def open_window(self, start_ns):
+        """Start capturing; start_ns is now on CLOCK_MONOTONIC, the clock
+        of bpf_ktime_get_ns()."""
+        table = self.bpf["capture"]
+        table[table.Key(1)] = table.Leaf(start_ns)
+        self.set_state(Capture.RUNNING)
+
     def state(self):
         table = self.bpf["capture"]
         return Capture(table[table.Key(0)].value)
@@ -1532,14 +1637,23 @@ class Probes:
         for name in self.TABLES:
             self.bpf[name].clear()
 
-    def collect(self):
-        """Read the statistics tables once into ThreadStats."""
+    def collect(self, end_ns):
+        """Read the tables once into ThreadStats; the window closed at
+        end_ns."""
         rows = {}
         for name in self.STAT_TABLES:
             rows[name] = [(plain(k) if isinstance(plain(k), tuple)
                            else (plain(k),), Acc(*plain(v)))
                           for k, v in self.bpf[name].items()]
         threads = collect_threads(rows)
+        starts = {"run": {}, "ready": {}, "stopped": {}}
+        for key, value in self.bpf["sched_state"].items():
+            run, ready, stopped, _ = plain(value)
+            for attr, start in (("run", run), ("ready", ready),
+                                ("stopped", stopped)):
+                if start:
+                    starts[attr][plain(key)] = start
+        add_open_periods(threads, starts, end_ns)
         exited = {plain(k): plain(v)[0]
                   for k, v in self.bpf["exit_names"].items()}
         for tid, stats in threads.items():
@@ -1612,8 +1726,8 @@ class Sampler:
         else:
             # Open the window before saying so: whoever reads the line
             # may act on it at once.
-            self.probes.set_state(Capture.RUNNING)
             started = self.clock()
+            self.probes.open_window(started)
             self.say(timestamp_line("# Start sampling"))
         try:
             if args.stop_trigger:
@@ -1622,6 +1736,7 @@ class Sampler:
                 self.wait_for(None, started + int(args.sample_time * 1e9))
         finally:
             self.probes.set_state(Capture.HOLD)
+        ended = window.stop_ts or self.clock()
         if window.stop_ts is not None:
             self.say(timestamp_line("# Stop sampling (trigger@{})".format(
                 window.stop_ts)))
@@ -1633,7 +1748,7 @@ class Sampler:
             self.say(timestamp_line(
                 "# Sample dump skipped, delta {:,} ns".format(delta)))
             return None
-        threads = self.probes.collect()
+        threads = self.probes.collect(ended)
         if delta is not None:
             header = "# Triggered sample dump, stop-start delta {:,} ns" \
                 .format(delta)

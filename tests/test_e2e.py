@@ -205,6 +205,9 @@ def test_run_and_ready_match_schedstat(busy, name):
     assert abs(ready["total"] - waited) <= 0.10 * waited
     assert abs(run["count"] - ready["count"]) <= 1
     assert run["min"] <= run["max"] <= run["total"]
+    # Always running or queued: with the periods cut by the window edges
+    # counted, the two add up to the 2 s window.
+    assert abs(run["total"] + ready["total"] - 2 * NSEC) < 0.02 * NSEC
     assert ready["max"] <= ready["total"]
 
 
@@ -214,14 +217,16 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     skips the run queue clock update when a wakeup preempts the CPU's
     current task (rq_clock_skip_update()), so schedstat charges the
     wakeup-to-switch latency to run time while the tracepoints see it as
-    waiting.  Their sum, and the number of periods, agree."""
+    waiting.  The number of periods agrees, and so does their sum, within
+    the few milliseconds a switch the kernel did not report can take
+    (see the SCHED_LOST warning)."""
     thread = busy.thread(name)
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited, slices = (busy.delta(name, column)
                               for column in range(3))
     assert abs(run["count"] - slices) <= 2
     both = on_cpu + waited
-    assert abs(run["total"] + ready["total"] - both) <= 0.10 * both
+    assert abs(run["total"] + ready["total"] - both) <= 0.25 * both
     assert run["total"] <= on_cpu
 
 

@@ -219,7 +219,8 @@ def test_render_common(kd, layout_name, triggers):
     assert not re.search(r"@[A-Z_]+@", source)
     assert re.search(r"^#define MONITOR_TGID +1234$", source, re.M)
     assert "\n#define IS_POLL(nr) ((nr) == 7 || (nr) == 271)\n" in source
-    assert "BPF_PERCPU_ARRAY(counters, u64, 11);" in source
+    assert "BPF_PERCPU_ARRAY(counters, u64, {});".format(len(kd.Counter)) in \
+        source
     for role in ("start", "stop"):
         assert source.count("int kd_{}_trigger(void *ctx)\n{{\n"
                             "    return {}_trigger();\n}}\n".format(
@@ -756,3 +757,36 @@ def test_main_fatal_missing_pid(kd, capsys):
         assert code == os.EX_OSFILE
         assert err.startswith("ERROR: the Python module bcc ")
         assert "python3-bpfcc" in err
+
+
+# ---- Periods open when the window closes -----------------------------------
+
+def test_add_open_periods(kd):
+    threads = {7: kd.ThreadStats(tid=7, run=kd.Acc(2, 300, 100, 200))}
+    starts = {"run": {7: 900, 8: 950}, "ready": {9: 400},
+              "stopped": {8: 1001}}
+    kd.add_open_periods(threads, starts, 1000)
+    # An open period is one more period, cut at the window's end.
+    assert threads[7].run == kd.Acc(3, 400, 100, 200)
+    assert threads[8].run == kd.Acc(1, 50, 50, 50)
+    # Stamped after the end (a race with the close): left out.
+    assert threads[8].stopped is None
+    assert threads[9].ready == kd.Acc(1, 600, 600, 600)
+    assert threads[9].run is None
+    assert sorted(threads) == [7, 8, 9]
+
+
+def test_acc_add_keeps_min_and_max(kd):
+    acc = kd.Acc()
+    for delta in (30, 10, 20):
+        acc.add(delta)
+    assert acc == kd.Acc(3, 60, 10, 30)
+    assert acc.average == 20
+
+
+def test_format_warnings_lost_switches(kd):
+    lines = kd.format_warnings({kd.Counter.SCHED_LOST: 2}, 1)
+    assert lines == [
+        "# WARNING: 2 context switches were not reported by the kernel (a "
+        "thread switched out without being seen switching in): the periods "
+        "they would have closed are left out."]
