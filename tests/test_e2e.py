@@ -27,6 +27,7 @@ NSEC = 1000 * 1000 * 1000
 MSEC = 1000 * 1000
 BURST = 997         # a prime: an exact count no rounding can produce
 DATAGRAMS = 101
+SHORT_CALLS = 13
 
 
 def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
@@ -139,9 +140,18 @@ def busy(workload_bin):
         assert workload.command("udp {}".format(DATAGRAMS)) == \
             "ok udp {}".format(DATAGRAMS)
 
+    short_tids = []
+
+    def short(workload):
+        answer = workload.command("short {}".format(SHORT_CALLS)).split()
+        assert answer[:3] == ["ok", "short", str(SHORT_CALLS)]
+        short_tids.append(int(answer[3]))
+
     with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
         time.sleep(0.3)     # let the spinners settle into sharing
-        yield Capture(load, ["--sample-time", "2"], (burst, udp))
+        capture = Capture(load, ["--sample-time", "2"], (burst, udp, short))
+        capture.short_tid = short_tids[0]
+        yield capture
 
 
 def test_exact_count_of_a_rare_syscall(busy):
@@ -236,7 +246,16 @@ def test_report_lists_every_active_thread_sorted(busy):
     assert {"kd-burst", "kd-udp", "kd-sleep", "kd-poll", "kd-op",
             "kd-spin1", "kd-spin2"} <= set(names)
     for name in names:
-        assert busy.windows[0].threads[name]["tid"] == busy.tids[name]
+        if name != "kd-short":      # exited; see the next test
+            assert busy.windows[0].threads[name]["tid"] == busy.tids[name]
+
+
+def test_thread_that_exits_inside_the_window_keeps_its_name(busy):
+    thread = busy.thread("kd-short")
+    assert thread["tid"] == busy.short_tid
+    assert not os.path.exists("/proc/{}/task/{}".format(busy.workload.pid,
+                                                        busy.short_tid))
+    assert thread["SYSCALL"]["getpgid"]["count"] == SHORT_CALLS
 
 
 def test_no_stopped_section_without_stops(busy):

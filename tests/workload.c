@@ -26,6 +26,8 @@
  *   tids       -> tids kd-main=TID kd-sleep=TID ...
  *   burst N    -> ok burst N    (kd-burst did N getsid() syscalls)
  *   udp N      -> ok udp N      (kd-udp sent/received N datagrams)
+ *   short N    -> ok short N TID (a new thread kd-short did N getpgid()
+ *                 syscalls and exited)
  *   quit       -> bye, then exit(0); EOF on stdin also exits with 0
  *   other      -> error unknown command
  */
@@ -210,6 +212,23 @@ static int job_run(struct job *j, long n)
 	return err;
 }
 
+/* A thread that lives for one command: its name must outlive it. */
+struct short_job {
+	long n;
+	pid_t tid;
+};
+
+static void *short_thread(void *arg)
+{
+	struct short_job *job = arg;
+
+	pthread_setname_np(pthread_self(), "kd-short");
+	job->tid = (pid_t)syscall(SYS_gettid);
+	for (long i = 0; i < job->n; i++)
+		syscall(SYS_getpgid, 0);
+	return NULL;
+}
+
 static void *burst_thread(void *arg)
 {
 	(void)arg;
@@ -346,6 +365,19 @@ static void handle(char *line)
 			reply("error burst failed");
 		else
 			reply("ok burst %ld", n);
+	} else if (strncmp(line, "short ", 6) == 0) {
+		struct short_job job = { .n = parse_count(line + 6) };
+		pthread_t t;
+		int err;
+
+		if (job.n < 0) {
+			reply("error bad argument");
+		} else if ((err = pthread_create(&t, NULL, short_thread, &job))) {
+			reply("error short %s", strerror(err));
+		} else {
+			pthread_join(t, NULL);
+			reply("ok short %ld %d", job.n, (int)job.tid);
+		}
 	} else if (strncmp(line, "udp ", 4) == 0) {
 		n = parse_count(line + 4);
 		if (n < 0) {
