@@ -8,6 +8,7 @@ known durations and the kernel's own accounting in
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,15 +229,19 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     current task (rq_clock_skip_update()), so schedstat charges the
     wakeup-to-switch latency to run time while the tracepoints see it as
     waiting.  The number of periods agrees, and so does their sum, within
-    the few milliseconds a switch the kernel did not report can take
-    (see the SCHED_LOST warning)."""
+    10 %; a switch the kernel did not report (the report then says so)
+    can take a millisecond of a total of a few."""
     thread = busy.thread(name)
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited, slices = (busy.delta(name, column)
                               for column in range(3))
-    assert abs(run["count"] - slices) <= 2
+    lost = re.search(r"^# WARNING: (\d+) context switches were not "
+                     r"reported", busy.out, re.M)
+    assert abs(run["count"] - slices) <= 2 + (int(lost.group(1)) if lost
+                                              else 0)
     both = on_cpu + waited
-    assert abs(run["total"] + ready["total"] - both) <= 0.25 * both
+    tolerance = 0.40 if lost else 0.10
+    assert abs(run["total"] + ready["total"] - both) <= tolerance * both
     assert run["total"] <= on_cpu
 
 
