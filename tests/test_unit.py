@@ -790,3 +790,60 @@ def test_format_warnings_lost_switches(kd):
         "# WARNING: 2 context switches were not reported by the kernel (a "
         "thread switched out without being seen switching in): the periods "
         "they would have closed are left out."]
+
+
+# ---- Attaching triggers (kprobes cannot load on this kernel) ---------------
+
+class FakeBpf:
+    """Records the attach calls bcc would get."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if not name.startswith("attach_"):
+            raise AttributeError(name)
+        return lambda **kwargs: self.calls.append((name, kwargs))
+
+
+@pytest.mark.parametrize("text, call", [
+    ("k:foo.isra.0", ("attach_kprobe", {"event": "foo.isra.0"})),
+    ("kr:do_sys_poll", ("attach_kretprobe", {"event": "do_sys_poll"})),
+    ("t:sched:sched_switch", ("attach_tracepoint",
+                              {"tp": "sched:sched_switch"})),
+    ("up:bridge_run", ("attach_uprobe", {"name": "/proc/42/exe",
+                                         "sym": "bridge_run", "pid": 42})),
+    ("upr:bridge_run", ("attach_uretprobe", {"name": "/proc/42/exe",
+                                             "sym": "bridge_run",
+                                             "pid": 42})),
+])
+def test_attach_triggers(kd, text, call):
+    fake = FakeBpf()
+    kd.attach_triggers(fake, [("stop", kd.parse_trigger(text))], 42)
+    name, kwargs = call
+    assert fake.calls == [(name, dict(kwargs, fn_name="kd_stop_trigger"))]
+
+
+def test_kprobe_trigger_source(kd):
+    """A kprobe trigger is the generic trigger function: the same C as any
+    other trigger, with the name going only to attach_kprobe()."""
+    layout = kd.TaskLayout(1264, 1268, 24, 4)
+    source = kd.render_bpf_source(1, layout, (7,), triggers=("start",))
+    assert "int kd_start_trigger(void *ctx)" in source
+    assert "foo" not in source
+
+
+def test_verify_kprobe_trigger(kd, monkeypatch):
+    if not os.access("/proc/kallsyms", os.R_OK):
+        pytest.skip("no /proc/kallsyms")
+    monkeypatch.setattr(kd, "kprobes_supported", lambda tracefs: True)
+    kd.verify_trigger(kd.parse_trigger("k:schedule"), 1, "/nonexistent")
+    with pytest.raises(kd.Fatal) as exc:
+        kd.verify_trigger(kd.parse_trigger("kr:kd_no_such_function"), 1,
+                          "/nonexistent")
+    assert exc.value.code == os.EX_CONFIG
+    assert "no kernel function kd_no_such_function" in str(exc.value)
+    monkeypatch.setattr(kd, "kprobes_supported", lambda tracefs: False)
+    with pytest.raises(kd.Fatal) as exc:
+        kd.verify_trigger(kd.parse_trigger("k:schedule"), 1, "/x")
+    assert exc.value.code == os.EX_UNAVAILABLE
