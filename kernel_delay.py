@@ -39,6 +39,7 @@ import re
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -280,13 +281,6 @@ static __always_inline void check_store(int err, u32 full)
         bump(full);
 }
 
-/* 1 + the time since a start stamp, or 0 when there is none. */
-static __always_inline u64 since(u64 *start, u64 now)
-{
-    return start ? now - *start + 1 : 0;
-}
-
-
 static __always_inline void emit(u32 type, u64 now)
 {
     struct event_t *event = events.ringbuf_reserve(sizeof(*event));
@@ -320,15 +314,19 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 
     check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
 
-    if (IS_POLL(nr)) {
-        struct acc_t zero = {};
-        u64 gap = since(poll_ret.lookup(&tid), now);
+    /* A poll gap runs from the return of the thread's last poll(). */
+    u64 *returned = 0;
 
-        if (gap) {
-            poll_ret.delete(&tid);
-            account(poll_stats.lookup_or_try_init(&tid, &zero), gap - 1,
-                    COUNTER_POLL_FULL);
-        }
+    if (IS_POLL(nr))
+        returned = poll_ret.lookup(&tid);
+
+    if (returned) {
+        struct acc_t zero = {};
+        u64 gap = now - *returned;
+
+        poll_ret.delete(&tid);
+        account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
+                COUNTER_POLL_FULL);
     }
     return 0;
 }
@@ -1506,12 +1504,21 @@ def tracefs_path():
     return None
 
 
+def quiet_run(command):
+    """Run command without output; its exit status (127: not found)."""
+    try:
+        return subprocess.run(command, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode
+    except OSError:
+        return 127
+
+
 def ensure_tracefs():
     """Mount tracefs if needed; returns the mount point we made, or None."""
     if tracefs_path():
         return None
     target = TRACEFS_DIRS[0]
-    if os.system("mount -t tracefs nodev {} >/dev/null 2>&1".format(target)):
+    if quiet_run(["mount", "-t", "tracefs", "nodev", target]):
         raise Fatal("tracefs is not mounted and mounting it failed; run "
                     "'mount -t tracefs nodev /sys/kernel/tracing' (in a "
                     "container: add -v /sys/kernel/tracing:"
@@ -1912,7 +1919,7 @@ class Session:
             shutil.rmtree(self.tree, ignore_errors=True)
             self.tree = None
         if self.mounted:
-            os.system("umount {} >/dev/null 2>&1".format(self.mounted))
+            quiet_run(["umount", self.mounted])
             self.mounted = None
 
     def open(self, args, source, triggers):
