@@ -1736,11 +1736,15 @@ class Sampler:
             started = self.clock()
             self.probes.open_window(started)
             self.say(timestamp_line("# Start sampling"))
+        interrupted = False
         try:
             if args.stop_trigger:
                 window.stop_ts = self.wait_for(Event.STOP_TRIGGER)
             else:
                 self.wait_for(None, started + int(args.sample_time * 1e9))
+        except KeyboardInterrupt:
+            # Ctrl-C inside a window: report what it holds, then stop.
+            interrupted = True
         finally:
             self.probes.set_state(Capture.HOLD)
         ended = window.stop_ts or self.clock()
@@ -1748,7 +1752,8 @@ class Sampler:
             self.say(timestamp_line("# Stop sampling (trigger@{})".format(
                 window.stop_ts)))
         else:
-            self.say(timestamp_line("# Stop sampling"))
+            self.say(timestamp_line("# Stop sampling{}".format(
+                " (interrupted)" if interrupted else "")))
 
         delta = window.delta
         if delta is not None and delta < args.trigger_delta:
@@ -1764,6 +1769,8 @@ class Sampler:
         self.say([timestamp_line(header)] +
                  format_report(threads, self.syscall_names, self.poll_nrs,
                                self.probes.quiet_threads(threads)))
+        if interrupted:
+            raise KeyboardInterrupt
         return window
 
     def run(self):
@@ -1771,15 +1778,18 @@ class Sampler:
             self.say(timestamp_line("# Waiting for start trigger '{}'".format(
                 self.args.start_trigger.text)))
         done = 0
-        while done < self.args.sample_count:
-            if self.one_window() is None:
-                continue
-            done += 1
-            if done < self.args.sample_count and self.args.sample_interval:
-                self.probes.set_state(Capture.PAUSED)
-                time.sleep(self.args.sample_interval)
-        self.say(format_warnings(self.probes.counters(),
-                                 self.args.sample_count))
+        try:
+            while done < self.args.sample_count:
+                if self.one_window() is None:
+                    continue
+                done += 1
+                if done < self.args.sample_count and \
+                        self.args.sample_interval:
+                    self.probes.set_state(Capture.PAUSED)
+                    time.sleep(self.args.sample_interval)
+        finally:
+            self.say(format_warnings(self.probes.counters(),
+                                     self.args.sample_count))
 
 
 # ---- Setup: environment checks, compile, attach -----------------------------

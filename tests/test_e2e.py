@@ -296,11 +296,12 @@ def test_sigstop_sigcont_is_stopped_time(workload_bin):
         assert abs(stopped["total"] - stopped_for) < 30 * MSEC, name
 
 
-def test_sigterm_ends_a_window_cleanly(workload_bin):
+def test_sigterm_ends_a_window_cleanly_and_reports_it(workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         started = {}
 
         def terminate(proc):
+            time.sleep(0.3)
             started["at"] = time.monotonic()
             proc.send_signal(signal.SIGTERM)
 
@@ -308,7 +309,10 @@ def test_sigterm_ends_a_window_cleanly(workload_bin):
                                    "60"], on_start=terminate)
     assert code == 0, err
     assert time.monotonic() - started["at"] < 10
-    assert "# Interrupted" in out
+    # The window closes early and is reported.
+    assert re.search(r"^# Stop sampling \(interrupted\) @", out, re.M)
+    assert "kd-sleep" in report.parse(out)[0].threads
+    assert out.rstrip().endswith("# Interrupted")
     assert err == ""
     assert leftovers() == []
 
