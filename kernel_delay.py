@@ -64,7 +64,8 @@ EXIT_CODES = {
     2: "invalid command line (argparse)",
     os.EX_USAGE: "several ovs-vswitchd processes: pick one with --pid",
     os.EX_NOINPUT: "the target process does not exist",
-    os.EX_UNAVAILABLE: "the kernel lacks something the tool needs",
+    os.EX_UNAVAILABLE: "the kernel or the environment lacks something the "
+                       "tool needs",
     os.EX_SOFTWARE: "internal error: the eBPF program failed to load",
     os.EX_OSFILE: "a Python dependency (bcc, psutil) is missing",
     os.EX_OSERR: "attaching a probe failed",
@@ -72,6 +73,10 @@ EXIT_CODES = {
     os.EX_CONFIG: "a trigger names a probe, symbol or library that "
                   "does not exist",
 }
+
+
+class TargetExited(Exception):
+    """The monitored process went away."""
 
 
 class Fatal(Exception):
@@ -1462,6 +1467,15 @@ def choose_layout(btf_path=BTF_PATH):
     return TaskLayout(0, 0, 0, 0, source="headers")
 
 
+def remove_stale_trees():
+    """Remove include trees left by runs that were killed (SIGKILL)."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        match = re.match(r"kernel_delay\.(\d+)\.", name)
+        if match and not os.path.exists("/proc/" + match.group(1)):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 def make_include_tree(machine=None):
     """Build a private include tree for BCC; returns its path."""
     machine = machine or platform.machine()
@@ -1475,7 +1489,8 @@ def make_include_tree(machine=None):
                     "headers to build a stand-in; install linux-libc-dev "
                     "(Debian) or kernel-headers (Fedora)".format(
                         platform.release()), os.EX_UNAVAILABLE)
-    root = tempfile.mkdtemp(prefix="kernel_delay.")
+    remove_stale_trees()
+    root = tempfile.mkdtemp(prefix="kernel_delay.{}.".format(os.getpid()))
     uapi = os.path.join(root, "include/uapi")
     os.makedirs(os.path.join(uapi, "linux"))
     # The C library's uapi headers, one symlink per entry, so that the
@@ -1529,6 +1544,16 @@ def ensure_tracefs():
 def kprobes_supported(tracefs):
     return (os.path.exists("/sys/bus/event_source/devices/kprobe") or
             os.path.exists(os.path.join(tracefs or "", "kprobe_events")))
+
+
+def process_alive(pid):
+    """False once process pid has exited, also while it is a zombie."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def thread_name(pid, tid):
@@ -1706,8 +1731,11 @@ class Sampler:
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the
-        deadline (CLOCK_MONOTONIC ns) passes (returns None)."""
+        deadline (CLOCK_MONOTONIC ns) passes (returns None).  Raises
+        TargetExited when the process goes away meanwhile."""
         while True:
+            if not process_alive(self.args.pid):
+                raise TargetExited
             timeout = 100
             if deadline is not None:
                 left = (deadline - self.clock()) / 1e6
@@ -1742,9 +1770,9 @@ class Sampler:
                 window.stop_ts = self.wait_for(Event.STOP_TRIGGER)
             else:
                 self.wait_for(None, started + int(args.sample_time * 1e9))
-        except KeyboardInterrupt:
-            # Ctrl-C inside a window: report what it holds, then stop.
-            interrupted = True
+        except (KeyboardInterrupt, TargetExited) as err:
+            # Inside a window: report what it holds, then stop.
+            interrupted = err
         finally:
             self.probes.set_state(Capture.HOLD)
         ended = window.stop_ts or self.clock()
@@ -1753,7 +1781,9 @@ class Sampler:
                 window.stop_ts)))
         else:
             self.say(timestamp_line("# Stop sampling{}".format(
-                " (interrupted)" if interrupted else "")))
+                "" if not interrupted else " (process exited)"
+                if isinstance(interrupted, TargetExited) else
+                " (interrupted)")))
 
         delta = window.delta
         if delta is not None and delta < args.trigger_delta:
@@ -1770,7 +1800,7 @@ class Sampler:
                  format_report(threads, self.syscall_names, self.poll_nrs,
                                self.probes.quiet_threads(threads)))
         if interrupted:
-            raise KeyboardInterrupt
+            raise interrupted
         return window
 
     def run(self):
@@ -1794,6 +1824,23 @@ class Sampler:
 
 # ---- Setup: environment checks, compile, attach -----------------------------
 
+# The inode of the initial PID namespace (PROC_PID_INIT_INO).
+INIT_PID_NS_INODE = 0xeffffffc
+
+
+def in_child_pid_namespace():
+    """True inside a container with its own PID namespace: its PIDs are not
+    the ones the kernel (and so the eBPF program) uses."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino != INIT_PID_NS_INODE
+    except OSError:
+        return False
+
+
+PID_NAMESPACE_HINT = ("this runs in a PID namespace of its own; run the "
+                      "container with --pid=host")
+
+
 def find_target_pid():
     if psutil is None:
         raise Fatal("the Python module psutil is missing; install "
@@ -1801,7 +1848,12 @@ def find_target_pid():
     candidates = []
     for proc in psutil.process_iter(["name"]):
         candidates.append((proc.pid, proc.info["name"]))
-    return pick_target(candidates)
+    try:
+        return pick_target(candidates)
+    except Fatal as err:
+        if in_child_pid_namespace() and err.code == os.EX_NOINPUT:
+            err.args = ("{}; {}".format(err, PID_NAMESPACE_HINT),)
+        raise
 
 
 def check_pid(pid):
@@ -2047,6 +2099,9 @@ def run(args, out):
         args.pid = 0 if args.ebpf else find_target_pid()
     elif not args.ebpf:
         check_pid(args.pid)
+    if not args.ebpf and in_child_pid_namespace():
+        raise Fatal("process IDs here are not the kernel's: " +
+                    PID_NAMESPACE_HINT, os.EX_UNAVAILABLE)
 
     table = syscall_table() if bcc is not None else {}
     poll_nrs = poll_syscalls(table)
@@ -2070,6 +2125,8 @@ def run(args, out):
             sampler.run()
         except KeyboardInterrupt:
             sampler.say("# Interrupted")
+        except TargetExited:
+            sampler.say("# Process {} has exited".format(args.pid))
     finally:
         session.close()
     return os.EX_OK

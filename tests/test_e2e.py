@@ -375,6 +375,33 @@ def test_error_no_ovs_vswitchd():
         [], cmd=["unshare", "--pid", "--fork", "--mount-proc",
                  sys.executable, SCRIPT])
     one_error_line(code, err, os.EX_NOINPUT, "no running ovs-vswitchd")
+    assert "--pid=host" in err      # this shell has a PID namespace
+
+
+def test_error_in_a_pid_namespace_of_its_own():
+    """A container without --pid=host sees PIDs the kernel does not use."""
+    code, out, err = run_tool(
+        ["-p", "1"], cmd=["unshare", "--pid", "--fork", "--mount-proc",
+                          sys.executable, SCRIPT])
+    one_error_line(code, err, os.EX_UNAVAILABLE, "--pid=host")
+
+
+def test_target_exit_ends_the_run(workload_bin):
+    """The process exits inside a window that waits for a stop trigger:
+    the window is reported and the run ends."""
+    load = workload_ctl.Workload(workload_bin)
+    try:
+        code, out, err = run_tool(
+            ["-p", str(load.pid), "--stop-trigger",
+             "t:syscalls:sys_enter_getsid", "--sample-count", "3"],
+            on_start=lambda proc: load.command("quit"), timeout=30)
+    finally:
+        load.stop()
+    assert code == 0, err
+    assert re.search(r"^# Stop sampling \(process exited\) @", out, re.M)
+    assert out.count("# Sample dump @") == 1
+    assert out.rstrip().endswith("# Process {} has exited".format(load.pid))
+    assert leftovers() == []
 
 
 def test_error_several_ovs_vswitchd(tmp_path):

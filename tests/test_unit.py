@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -847,3 +848,27 @@ def test_verify_kprobe_trigger(kd, monkeypatch):
     with pytest.raises(kd.Fatal) as exc:
         kd.verify_trigger(kd.parse_trigger("k:schedule"), 1, "/x")
     assert exc.value.code == os.EX_UNAVAILABLE
+
+
+def test_remove_stale_trees(kd, tmp_path, monkeypatch):
+    monkeypatch.setattr(kd.tempfile, "gettempdir", lambda: str(tmp_path))
+    live = tmp_path / "kernel_delay.{}.x".format(os.getpid())
+    dead = tmp_path / "kernel_delay.999999999.y"
+    other = tmp_path / "kernel_delay.notapid"
+    for path in (live, dead, other):
+        (path / "include").mkdir(parents=True)
+    kd.remove_stale_trees()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name])
+
+
+def test_process_alive(kd):
+    assert kd.process_alive(os.getpid())
+    assert not kd.process_alive(999999999)
+    zombie = subprocess.Popen(["true"])
+    for _ in range(100):
+        if not kd.process_alive(zombie.pid):
+            break
+        time.sleep(0.02)
+    assert not kd.process_alive(zombie.pid)     # exited, not yet reaped
+    zombie.wait()
