@@ -274,6 +274,21 @@ def test_nothing_left_behind(busy):
     assert tracefs_mounts() == busy.before_mounts
 
 
+def test_several_windows(workload_bin):
+    """Each window starts from empty tables."""
+    with workload_ctl.Workload(workload_bin) as load:
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                   "0.3", "--sample-count", "3",
+                                   "--sample-interval", "0.2"])
+    assert code == 0, err
+    windows = report.parse(out)
+    assert len(windows) == 3
+    for window in windows:
+        sleeps = window.threads["kd-sleep"]["SYSCALL"]["clock_nanosleep"]
+        assert 13 <= sleeps["count"] <= 15         # 0.3 s / 20 ms
+        assert sleeps["total"] < 0.3 * NSEC
+
+
 def test_sigstop_sigcont_is_stopped_time(workload_bin):
     times = {}
 
