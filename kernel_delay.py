@@ -515,12 +515,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 TRACEPOINT_PROBE(irq, irq_handler_entry)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 zero = 0;
+    u32 slot = 0;
 
     if (!is_target(pid_tgid) || !capturing())
         return 0;
 
-    struct hardirq_start_t *start = hardirq_start.lookup(&zero);
+    struct hardirq_start_t *start = hardirq_start.lookup(&slot);
 
     if (!start)
         return 0;
@@ -532,8 +532,8 @@ TRACEPOINT_PROBE(irq, irq_handler_entry)
 
 TRACEPOINT_PROBE(irq, irq_handler_exit)
 {
-    u32 zero = 0;
-    struct hardirq_start_t *start = hardirq_start.lookup(&zero);
+    u32 slot = 0;
+    struct hardirq_start_t *start = hardirq_start.lookup(&slot);
 
     if (!start || !start->ts)
         return 0;
@@ -553,27 +553,32 @@ TRACEPOINT_PROBE(irq, irq_handler_exit)
     return 0;
 }
 
-TRACEPOINT_PROBE(irq, softirq_entry)
+/* Soft interrupts run often on every CPU: raw tracepoints, whose only
+ * argument is the vector number. */
+
+/* args: unsigned int vec_nr */
+RAW_TRACEPOINT_PROBE(softirq_entry)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 zero = 0;
+    u32 slot = 0;
 
     if (!is_target(pid_tgid) || !capturing())
         return 0;
 
-    struct softirq_start_t *start = softirq_start.lookup(&zero);
+    struct softirq_start_t *start = softirq_start.lookup(&slot);
 
     if (!start)
         return 0;
     start->ts = bpf_ktime_get_ns();
-    start->vec = args->vec;
+    start->vec = ctx->args[0];
     return 0;
 }
 
-TRACEPOINT_PROBE(irq, softirq_exit)
+/* args: unsigned int vec_nr */
+RAW_TRACEPOINT_PROBE(softirq_exit)
 {
-    u32 zero = 0;
-    struct softirq_start_t *start = softirq_start.lookup(&zero);
+    u32 slot = 0;
+    struct softirq_start_t *start = softirq_start.lookup(&slot);
 
     if (!start || !start->ts)
         return 0;
