@@ -2027,6 +2027,11 @@ EXAMPLES = """examples:
                     --stop-trigger ur:bridge_run --trigger-delta 1000000
                                          # bridge_run() calls over 1 ms
 
+triggers:
+  u:PROVIDER:PROBE      USDT probe        t:SYSTEM:EVENT    tracepoint
+  k:FUNCTION            kprobe            kr:FUNCTION       kretprobe
+  up:[LIBRARY:]FUNCTION uprobe            ur:[LIBRARY:]FUNCTION  uretprobe
+
 exit codes:
 """ + "".join("  {:3}  {}\n".format(code, text)
               for code, text in sorted(EXIT_CODES.items()))
@@ -2035,7 +2040,7 @@ exit codes:
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Show where the threads of ovs-vswitchd (or any "
-                    "process) spend their time: system calls, poll() gaps, "
+                    "process) spend their time:\nsystem calls, poll() gaps, "
                     "CPU, run queue, stops and interrupts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES)

@@ -465,13 +465,18 @@ def ovs():
 
 
 def test_finds_ovs_vswitchd_and_reports_its_threads(ovs):
-    code, out, err = run_tool(["--sample-time", "1"])
+    code, out, err = run_tool(["--sample-time", "2"])
     assert code == 0, err
     window = report.parse(out)[0]
     assert window.threads["ovs-vswitchd"]["tid"] == ovs
     names = list(window.threads) + [window.quiet]
-    assert any(name.startswith("revalidator") for name in window.threads)
     assert any("handler" in name for name in names), out
+    revalidators = [thread for name, thread in window.threads.items()
+                    if name.startswith("revalidator")]
+    assert revalidators, out
+    # Revalidators wake up at least every 500 ms to poll again.
+    assert any(thread["SYSCALL"].get("poll", {}).get("count", 0) >= 2 and
+               thread.get("LONG POLL") for thread in revalidators), out
     main = window.threads["ovs-vswitchd"]
     assert main["SYSCALL"]["poll"]["count"] >= 1
     assert main["THREAD RUN"]["count"] >= 1
