@@ -202,7 +202,7 @@ BPF_PERCPU_ARRAY(softirq_start, struct softirq_start_t, 1);
 BPF_HASH(softirq_stats, struct softirq_key_t, struct acc_t, MAX_IRQ_KEYS);
 BPF_HASH(exit_names, u32, struct name_t, MAX_THREADS);
 
-static __always_inline void bump(u32 idx)
+static __always_inline void kd_bump(u32 idx)
 {
     u64 *val = counters.lookup(&idx);
 
@@ -210,7 +210,7 @@ static __always_inline void bump(u32 idx)
         (*val)++;   /* per-CPU slot: no atomic needed */
 }
 
-static __always_inline u64 capture_state(void)
+static __always_inline u64 kd_capture_state(void)
 {
     u32 key = 0;
     u64 *val = capture.lookup(&key);
@@ -218,7 +218,7 @@ static __always_inline u64 capture_state(void)
     return val ? *val : CAPTURE_PAUSED;
 }
 
-static __always_inline u64 window_start(void)
+static __always_inline u64 kd_window_start(void)
 {
     u32 key = 1;
     u64 *val = capture.lookup(&key);
@@ -226,17 +226,17 @@ static __always_inline u64 window_start(void)
     return val ? *val : 0;
 }
 
-static __always_inline bool capturing(void)
+static __always_inline bool kd_capturing(void)
 {
-    return capture_state() == CAPTURE_RUNNING;
+    return kd_capture_state() == CAPTURE_RUNNING;
 }
 
-static __always_inline bool is_target(u64 pid_tgid)
+static __always_inline bool kd_is_target(u64 pid_tgid)
 {
     return (pid_tgid >> 32) == MONITOR_TGID;
 }
 
-static __always_inline u32 task_tgid(void *task)
+static __always_inline u32 kd_task_tgid(void *task)
 {
     u32 val = 0;
 
@@ -244,7 +244,7 @@ static __always_inline u32 task_tgid(void *task)
     return val;
 }
 
-static __always_inline u32 task_pid(void *task)
+static __always_inline u32 kd_task_pid(void *task)
 {
     u32 val = 0;
 
@@ -252,7 +252,7 @@ static __always_inline u32 task_pid(void *task)
     return val;
 }
 
-static __always_inline u64 task_state(void *task)
+static __always_inline u64 kd_task_state(void *task)
 {
     task_state_t val = 0;
 
@@ -260,7 +260,7 @@ static __always_inline u64 task_state(void *task)
     return val;
 }
 
-static __always_inline void acc_add(struct acc_t *acc, u64 delta)
+static __always_inline void kd_acc_add(struct acc_t *acc, u64 delta)
 {
     acc->count++;
     acc->total += delta;
@@ -272,26 +272,26 @@ static __always_inline void acc_add(struct acc_t *acc, u64 delta)
 
 /* BCC rewrites map calls, but not inside macros: these helpers take the
  * result of a map call instead. */
-static __always_inline void account(struct acc_t *acc, u64 delta, u32 full)
+static __always_inline void kd_account(struct acc_t *acc, u64 delta, u32 full)
 {
     if (acc)
-        acc_add(acc, delta);
+        kd_acc_add(acc, delta);
     else
-        bump(full);     /* lookup_or_try_init() failed: table full */
+        kd_bump(full);     /* lookup_or_try_init() failed: table full */
 }
 
-static __always_inline void check_store(int err, u32 full)
+static __always_inline void kd_check_store(int err, u32 full)
 {
     if (err)
-        bump(full);
+        kd_bump(full);
 }
 
-static __always_inline void emit(u32 type, u64 now)
+static __always_inline void kd_emit(u32 type, u64 now)
 {
     struct event_t *event = events.ringbuf_reserve(sizeof(*event));
 
     if (!event) {
-        bump(COUNTER_RINGBUF_FULL);
+        kd_bump(COUNTER_RINGBUF_FULL);
         return;
     }
     event->ts = now;
@@ -309,7 +309,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
-    if (!is_target(pid_tgid) || !capturing())
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
         return 0;
 
     u32 tid = pid_tgid;
@@ -317,7 +317,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     u64 nr = ctx->args[1];
     struct sys_start_t start = { .ts = now, .nr = nr };
 
-    check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
+    kd_check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
 
     /* A poll gap runs from the return of the thread's last poll(). */
     u64 *returned = 0;
@@ -330,7 +330,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         u64 gap = now - *returned;
 
         poll_ret.delete(&tid);
-        account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
+        kd_account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
                 COUNTER_POLL_FULL);
     }
     return 0;
@@ -341,7 +341,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
-    if (!is_target(pid_tgid) || !capturing())
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
         return 0;
 
     u32 tid = pid_tgid;
@@ -357,10 +357,10 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     struct acc_t zero = {};
 
     sys_start.delete(&tid);
-    account(sys_stats.lookup_or_try_init(&key, &zero), delta,
+    kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
             COUNTER_SYS_STATS_FULL);
     if (IS_POLL(key.nr))
-        check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
+        kd_check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
     return 0;
 }
 
@@ -373,7 +373,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
  * missing start means the kernel did not report an event: the period
  * is left out and counted (COUNTER_SCHED_LOST).
  */
-static __always_inline struct sched_t *sched_entry(u32 tid)
+static __always_inline struct sched_t *kd_sched_entry(u32 tid)
 {
     struct sched_t *entry = sched_state.lookup(&tid);
 
@@ -382,41 +382,41 @@ static __always_inline struct sched_t *sched_entry(u32 tid)
 
     struct sched_t zero = {};
 
-    check_store(sched_state.insert(&tid, &zero), COUNTER_SCHED_FULL);
+    kd_check_store(sched_state.insert(&tid, &zero), COUNTER_SCHED_FULL);
     return sched_state.lookup(&tid);
 }
 
 /* Start of a period that ends now: the stamp, else the window start for
  * a thread's first switch, else 0 (lost event). */
-static __always_inline u64 period_start(struct sched_t *entry, u64 stamp)
+static __always_inline u64 kd_period_start(struct sched_t *entry, u64 stamp)
 {
     if (stamp)
         return stamp;
     if (!entry->switched)
-        return window_start();
-    bump(COUNTER_SCHED_LOST);
+        return kd_window_start();
+    kd_bump(COUNTER_SCHED_LOST);
     return 0;
 }
 
-static __always_inline void close_run(u32 tid, struct sched_t *entry,
+static __always_inline void kd_close_run(u32 tid, struct sched_t *entry,
                                       u64 now)
 {
     struct acc_t zero = {};
-    u64 start = period_start(entry, entry->run_start);
+    u64 start = kd_period_start(entry, entry->run_start);
 
     if (start && now >= start)
-        account(run_stats.lookup_or_try_init(&tid, &zero), now - start,
+        kd_account(run_stats.lookup_or_try_init(&tid, &zero), now - start,
                 COUNTER_RUN_FULL);
     entry->run_start = 0;
     entry->switched = 1;
 }
 
-static __always_inline void ready_since(void *task, u64 now)
+static __always_inline void kd_ready_since(void *task, u64 now)
 {
-    if (!capturing() || task_tgid(task) != MONITOR_TGID)
+    if (!kd_capturing() || kd_task_tgid(task) != MONITOR_TGID)
         return;
 
-    struct sched_t *entry = sched_entry(task_pid(task));
+    struct sched_t *entry = kd_sched_entry(kd_task_pid(task));
 
     /* Keep an older stamp: a wakeup of a task that is already queued
      * (preempted while going to sleep) does not restart its wait. */
@@ -427,13 +427,13 @@ static __always_inline void ready_since(void *task, u64 now)
 /* args: struct task_struct *p */
 RAW_TRACEPOINT_PROBE(sched_wakeup)
 {
-    ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    kd_ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 {
-    ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    kd_ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
     return 0;
 }
 
@@ -442,21 +442,21 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
  * before the switch, so current is still prev. */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    if (!capturing())
+    if (!kd_capturing())
         return 0;
 
     u64 now = bpf_ktime_get_ns();
     u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sched_t *entry;
 
-    if (is_target(pid_tgid) && (entry = sched_entry(pid_tgid))) {
+    if (kd_is_target(pid_tgid) && (entry = kd_sched_entry(pid_tgid))) {
         /* The state is read live rather than from the prev_state
          * argument: __schedule() resets it to TASK_RUNNING when a
          * signal is pending, and the task then stays queued. */
-        u64 state = task_state((void *)ctx->args[1]);
+        u64 state = kd_task_state((void *)ctx->args[1]);
         bool preempted = ctx->args[0] & 1;
 
-        close_run(pid_tgid, entry, now);
+        kd_close_run(pid_tgid, entry, now);
         /* Preempted, or yielding while runnable: still on the run
          * queue, so its wait for a CPU starts now. */
         entry->ready_start = preempted || state == 0 ? now : 0;
@@ -466,25 +466,25 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
     void *next = (void *)ctx->args[2];
 
-    if (task_tgid(next) != MONITOR_TGID)
+    if (kd_task_tgid(next) != MONITOR_TGID)
         return 0;
 
-    u32 tid = task_pid(next);
+    u32 tid = kd_task_pid(next);
     struct acc_t zero = {};
     u64 start;
 
-    entry = sched_entry(tid);
+    entry = kd_sched_entry(tid);
     if (!entry)
         return 0;
     /* Without a stamp at its first switch, next was queued before the
      * window opened: every way onto a run queue inside the window
      * (wakeup, new task, preemption) leaves one. */
-    start = period_start(entry, entry->ready_start);
+    start = kd_period_start(entry, entry->ready_start);
     if (start && now >= start)
-        account(ready_stats.lookup_or_try_init(&tid, &zero), now - start,
+        kd_account(ready_stats.lookup_or_try_init(&tid, &zero), now - start,
                 COUNTER_READY_FULL);
     if (entry->stop_start && now >= entry->stop_start)
-        account(stop_stats.lookup_or_try_init(&tid, &zero),
+        kd_account(stop_stats.lookup_or_try_init(&tid, &zero),
                 now - entry->stop_start, COUNTER_STOP_FULL);
     entry->ready_start = 0;
     entry->stop_start = 0;
@@ -498,14 +498,14 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
-    if (!is_target(pid_tgid) || !capturing())
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
         return 0;
 
     u32 tid = pid_tgid;
     struct name_t name = {};
 
     bpf_get_current_comm(&name.comm, sizeof(name.comm));
-    check_store(exit_names.update(&tid, &name), COUNTER_NAME_FULL);
+    kd_check_store(exit_names.update(&tid, &name), COUNTER_NAME_FULL);
     return 0;
 }
 
@@ -517,7 +517,7 @@ TRACEPOINT_PROBE(irq, irq_handler_entry)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 slot = 0;
 
-    if (!is_target(pid_tgid) || !capturing())
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
         return 0;
 
     struct hardirq_start_t *start = hardirq_start.lookup(&slot);
@@ -540,13 +540,13 @@ TRACEPOINT_PROBE(irq, irq_handler_exit)
 
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
-    if (is_target(pid_tgid) && capturing()) {
+    if (kd_is_target(pid_tgid) && kd_capturing()) {
         struct hardirq_key_t key = { .tid = (u32)pid_tgid,
                                      .irq = start->irq };
         struct acc_t zero = {};
 
         __builtin_memcpy(&key.name, start->name, sizeof(key.name));
-        account(hardirq_stats.lookup_or_try_init(&key, &zero),
+        kd_account(hardirq_stats.lookup_or_try_init(&key, &zero),
                 bpf_ktime_get_ns() - start->ts, COUNTER_HARDIRQ_FULL);
     }
     start->ts = 0;
@@ -562,7 +562,7 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 slot = 0;
 
-    if (!is_target(pid_tgid) || !capturing())
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
         return 0;
 
     struct softirq_start_t *start = softirq_start.lookup(&slot);
@@ -585,12 +585,12 @@ RAW_TRACEPOINT_PROBE(softirq_exit)
 
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
-    if (is_target(pid_tgid) && capturing()) {
+    if (kd_is_target(pid_tgid) && kd_capturing()) {
         struct softirq_key_t key = { .tid = (u32)pid_tgid,
                                      .vec = start->vec };
         struct acc_t zero = {};
 
-        account(softirq_stats.lookup_or_try_init(&key, &zero),
+        kd_account(softirq_stats.lookup_or_try_init(&key, &zero),
                 bpf_ktime_get_ns() - start->ts, COUNTER_SOFTIRQ_FULL);
     }
     start->ts = 0;
@@ -599,7 +599,7 @@ RAW_TRACEPOINT_PROBE(softirq_exit)
 
 /* ---- Triggers -------------------------------------------------------- */
 
-static __always_inline int start_trigger(void)
+static __always_inline int kd_start_trigger_fired(void)
 {
     u32 key = 0;
     u64 *state = capture.lookup(&key);
@@ -608,7 +608,7 @@ static __always_inline int start_trigger(void)
         return 0;
     if (*state == CAPTURE_HOLD) {
         /* The previous window is still being reported. */
-        bump(COUNTER_TRIGGER_MISSED);
+        kd_bump(COUNTER_TRIGGER_MISSED);
         return 0;
     }
     if (*state != CAPTURE_ARMED)
@@ -619,11 +619,11 @@ static __always_inline int start_trigger(void)
 
     capture.update(&start_key, &now);
     *state = CAPTURE_RUNNING;
-    emit(EVENT_START_TRIGGER, now);
+    kd_emit(EVENT_START_TRIGGER, now);
     return 0;
 }
 
-static __always_inline int stop_trigger(void)
+static __always_inline int kd_stop_trigger_fired(void)
 {
     u32 key = 0;
     u64 *state = capture.lookup(&key);
@@ -636,14 +636,14 @@ static __always_inline int stop_trigger(void)
 
     /* The window closes with this thread on a CPU: close its run period
      * here, as user space cannot tell one that spans the whole window. */
-    if (is_target(pid_tgid)) {
-        struct sched_t *entry = sched_entry(pid_tgid);
+    if (kd_is_target(pid_tgid)) {
+        struct sched_t *entry = kd_sched_entry(pid_tgid);
 
         if (entry)
-            close_run(pid_tgid, entry, now);
+            kd_close_run(pid_tgid, entry, now);
     }
     *state = CAPTURE_HOLD;
-    emit(EVENT_STOP_TRIGGER, now);
+    kd_emit(EVENT_STOP_TRIGGER, now);
     return 0;
 }
 
@@ -655,7 +655,7 @@ static __always_inline int stop_trigger(void)
 TRIGGER_FUNCTION = """
 int kd_{role}_trigger(void *ctx)
 {{
-    return {role}_trigger();
+    return kd_{role}_trigger_fired();
 }}
 """
 
