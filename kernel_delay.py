@@ -1666,10 +1666,6 @@ class Probes:
         table[table.Key(1)] = table.Leaf(start_ns)
         self.set_state(Capture.RUNNING)
 
-    def state(self):
-        table = self.bpf["capture"]
-        return Capture(table[table.Key(0)].value)
-
     def reset(self):
         for name in self.TABLES:
             self.bpf[name].clear()
@@ -1679,9 +1675,11 @@ class Probes:
         end_ns."""
         rows = {}
         for name in self.STAT_TABLES:
-            rows[name] = [(plain(k) if isinstance(plain(k), tuple)
-                           else (plain(k),), Acc(*plain(v)))
-                          for k, v in self.bpf[name].items()]
+            rows[name] = []
+            for key, value in self.bpf[name].items():
+                key = plain(key)
+                rows[name].append((key if isinstance(key, tuple) else (key,),
+                                   Acc(*plain(value))))
         threads = collect_threads(rows)
         starts = {"run": {}, "ready": {}, "stopped": {}}
         for key, value in self.bpf["sched_state"].items():
