@@ -878,3 +878,69 @@ def test_process_alive(kd):
         time.sleep(0.02)
     assert not kd.process_alive(zombie.pid)     # exited, not yet reaped
     zombie.wait()
+
+
+# ---- Choosing how to find task_struct offsets ------------------------------
+
+def test_choose_layout_prefers_btf(kd, tmp_path, monkeypatch):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(btf_builder.task_btf({"pid": 100, "tgid": 104,
+                                          "__state": 24}))
+    monkeypatch.setattr(kd, "headers_available", lambda: True)
+    layout = kd.choose_layout(str(btf))
+    assert (layout.source, layout.pid_offset, layout.tgid_offset,
+            layout.state_offset) == ("btf", 100, 104, 24)
+
+
+def test_choose_layout_falls_back_to_headers(kd, tmp_path, monkeypatch):
+    monkeypatch.setattr(kd, "headers_available", lambda: True)
+    assert kd.choose_layout(str(tmp_path / "none")).source == "headers"
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\0" * 64)
+    assert kd.choose_layout(str(bad)).source == "headers"
+
+
+def test_choose_layout_refuses_without_btf_or_headers(kd, tmp_path,
+                                                      monkeypatch):
+    monkeypatch.setattr(kd, "headers_available", lambda: False)
+    with pytest.raises(kd.Fatal) as exc:
+        kd.choose_layout(str(tmp_path / "none"))
+    assert exc.value.code == os.EX_UNAVAILABLE
+    assert "no BTF" in str(exc.value) and "headers" in str(exc.value)
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(kd.Fatal) as exc:
+        kd.choose_layout(str(bad))
+    assert exc.value.code == os.EX_UNAVAILABLE
+
+
+def test_make_include_tree(kd):
+    if not os.path.isdir("/usr/include/linux"):
+        pytest.skip("no C library kernel headers")
+    root = kd.make_include_tree()
+    try:
+        assert os.path.basename(root).startswith(
+            "kernel_delay.{}.".format(os.getpid()))
+        for path, text in kd.include_tree_files(
+                os.uname().machine).items():
+            with open(os.path.join(root, path)) as generated:
+                assert generated.read() == text
+        assert os.path.exists(os.path.join(root,
+                                           "include/uapi/linux/types.h"))
+    finally:
+        shutil.rmtree(root)
+
+
+def test_find_mapped_library(kd, monkeypatch):
+    maps = {"/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libm.so.6", "/usr/sbin/ovs-vswitchd",
+            "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"}
+    monkeypatch.setattr(kd, "mapped_files", lambda pid: maps)
+    for name in ("c", "libc", "libc.so.6"):
+        assert kd.find_mapped_library(1, name) == \
+            "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    assert kd.find_mapped_library(1, "crypto").endswith("libcrypto.so.3")
+    with pytest.raises(kd.Fatal) as exc:
+        kd.find_mapped_library(1, "ssl")
+    assert exc.value.code == os.EX_CONFIG
+    assert "not mapped" in str(exc.value) and "libm.so.6" in str(exc.value)
