@@ -1309,8 +1309,9 @@ def format_thread(stats, syscall_names, poll_nrs):
 def format_report(threads, syscall_names, poll_nrs, quiet=()):
     """The per-thread table, threads sorted by name then TID.
 
-    quiet lists (tid, name) of threads alive at the end of the window that
-    recorded nothing in it: blocked, or on a CPU, throughout.
+    quiet lists (tid, name, where) of threads alive at the end of the
+    window that recorded nothing in it: blocked, or on a CPU, throughout;
+    where says which ("in poll", "running") when known.
     """
     lines = ["{:10} {:16} {}".format("TID", "THREAD", "<RESOURCE SPECIFIC>"),
              "{:10} {:16} {}".format("-" * 10, "-" * 16, "-" * 76)]
@@ -1323,7 +1324,8 @@ def format_report(threads, syscall_names, poll_nrs, quiet=()):
         lines += [""] + wrap_items(
             "# No events from {} thread{} (blocked or on a CPU for the whole "
             "window):".format(len(quiet), "s" if len(quiet) > 1 else ""),
-            ["{} ({})".format(name, tid) for tid, name in
+            ["{} ({})".format(name, ", ".join([str(tid)] + [where] * bool(
+                where))) for tid, name, where in
              sorted(quiet, key=lambda item: (item[1], item[0]))])
     return lines
 
@@ -1569,6 +1571,21 @@ def thread_name(pid, tid):
         return None
 
 
+def thread_whereabouts(pid, tid, syscall_names):
+    """"in NAME" for a thread blocked in a system call, "running" for one
+    on a CPU, or "" (from /proc/PID/task/TID/syscall)."""
+    try:
+        with open("/proc/{}/task/{}/syscall".format(pid, tid)) as syscall:
+            first = syscall.read().split(" ", 1)[0].strip()
+    except OSError:
+        return ""
+    if first == "running":
+        return first
+    if first.isdigit():
+        return "in " + syscall_names.get(int(first), "syscall " + first)
+    return ""
+
+
 def mapped_files(pid):
     """Paths of the files process pid has mapped."""
     paths = set()
@@ -1696,15 +1713,16 @@ class Probes:
                           "<unknown:{}/{}>".format(self.pid, tid))
         return threads
 
-    def quiet_threads(self, threads):
-        """(tid, name) of live threads that are not in threads."""
+    def quiet_threads(self, threads, syscall_names):
+        """(tid, name, where) of live threads that are not in threads."""
         try:
             tids = [int(tid) for tid in
                     os.listdir("/proc/{}/task".format(self.pid))]
         except OSError:
             return []
-        return [(tid, thread_name(self.pid, tid) or "?") for tid in tids
-                if tid not in threads]
+        return [(tid, thread_name(self.pid, tid) or "?",
+                 thread_whereabouts(self.pid, tid, syscall_names))
+                for tid in tids if tid not in threads]
 
     def counters(self):
         table = self.bpf["counters"]
@@ -1801,7 +1819,8 @@ class Sampler:
             header = "# Sample dump"
         self.say([timestamp_line(header)] +
                  format_report(threads, self.syscall_names, self.poll_nrs,
-                               self.probes.quiet_threads(threads)))
+                               self.probes.quiet_threads(
+                                   threads, self.syscall_names)))
         if interrupted:
             raise interrupted
         return window

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -484,8 +485,9 @@ def report_rows(kd):
     }
 
 
-QUIET = [(3003, "urcu3"), (2999, "ovs-vswitchd"), (3001, "handler13"),
-         (3005, "revalidator14"), (3000, "handler13"), (2998, "monitor")]
+QUIET = [(3003, "urcu3", ""), (2999, "ovs-vswitchd", "running"),
+         (3001, "handler13", "in poll"), (3005, "revalidator14", ""),
+         (3000, "handler13", "in poll"), (2998, "monitor", "")]
 
 
 GOLDEN_REPORT = """\
@@ -540,8 +542,8 @@ TID        THREAD           <RESOURCE SPECIFIC>
                                      1     2,000,000,000     2,000,000,000
 
 # No events from 6 threads (blocked or on a CPU for the whole window):
-#   handler13 (3000), handler13 (3001), monitor (2998), ovs-vswitchd (2999),
-#   revalidator14 (3005), urcu3 (3003)
+#   handler13 (3000, in poll), handler13 (3001, in poll), monitor (2998),
+#   ovs-vswitchd (2999, running), revalidator14 (3005), urcu3 (3003)
 """  # noqa: E501
 
 
@@ -609,13 +611,16 @@ def test_softirq_name(kd, vec, name):
 
 
 def test_quiet_note_singular(kd):
-    assert kd.format_report({}, {}, POLL_NRS, [(7, "urcu2")])[2:] == [
+    assert kd.format_report({}, {}, POLL_NRS, [(7, "urcu2", "")])[2:] == [
         "", "# No events from 1 thread (blocked or on a CPU for the whole "
         "window): urcu2 (7)"]
+    assert kd.format_report({}, {}, POLL_NRS,
+                            [(8, "handler1", "in poll")])[-1] == \
+        "#   handler1 (8, in poll)"
 
 
 def test_quiet_note_keeps_names_whole(kd):
-    lines = kd.format_report({}, {}, POLL_NRS, [(1, "ovs-vswitchd")])
+    lines = kd.format_report({}, {}, POLL_NRS, [(1, "ovs-vswitchd", "")])
     assert any("ovs-vswitchd (1)" in line for line in lines)
 
 
@@ -944,3 +949,26 @@ def test_find_mapped_library(kd, monkeypatch):
         kd.find_mapped_library(1, "ssl")
     assert exc.value.code == os.EX_CONFIG
     assert "not mapped" in str(exc.value) and "libm.so.6" in str(exc.value)
+
+
+def test_thread_whereabouts(kd):
+    me = os.getpid()
+    tid = threading.get_native_id()
+    # This thread is in read() of its own syscall file.
+    assert kd.thread_whereabouts(me, tid, {0: "read"}) == "in read"
+    assert kd.thread_whereabouts(me, tid, {}) == "in syscall 0"
+    sleeper = subprocess.Popen(["sleep", "5"])
+    try:
+        for _ in range(100):
+            where = kd.thread_whereabouts(sleeper.pid, sleeper.pid,
+                                          {230: "clock_nanosleep"})
+            if where.startswith("in "):     # past exec, asleep
+                break
+            time.sleep(0.01)
+        if os.access("/proc/{}/syscall".format(sleeper.pid), os.R_OK):
+            assert where in ("in clock_nanosleep", "in nanosleep",
+                             "in syscall 35")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert kd.thread_whereabouts(999999999, 1, {}) == ""
