@@ -1618,10 +1618,36 @@ def find_mapped_library(pid, library):
     return matches[0]
 
 
+UNISTD_HEADERS = {
+    "x86_64": ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+               "/usr/include/asm/unistd_64.h"),
+    "aarch64": ("/usr/include/asm-generic/unistd.h",),
+}
+
+
+def parse_unistd(text):
+    """System call number -> name from a unistd header's __NR_ defines."""
+    return {int(nr): name for name, nr in re.findall(
+        r"^#define __NR_(\w+)\s+(\d+)\s*$", text, re.M)
+        if name != "syscalls"}     # asm-generic's count of them
+
+
 def syscall_table():
-    """System call number -> name, from bcc."""
+    """System call number -> name: bcc's table, completed from the C
+    library's kernel headers (bcc 0.26 stops at rseq, 334 on x86_64, and
+    would not name clone3, which glibc's pthread_create() uses)."""
     from bcc.syscall import syscalls
-    return {nr: name.decode() for nr, name in syscalls.items()}
+    table = {nr: name.decode() for nr, name in syscalls.items()}
+    for path in UNISTD_HEADERS.get(platform.machine(), ()):
+        try:
+            with open(path) as header:
+                found = parse_unistd(header.read())
+        except OSError:
+            continue
+        for nr, name in found.items():
+            table.setdefault(nr, name)
+        break
+    return table
 
 
 def poll_syscalls(table=None):

@@ -972,3 +972,11 @@ def test_thread_whereabouts(kd):
         sleeper.kill()
         sleeper.wait()
     assert kd.thread_whereabouts(999999999, 1, {}) == ""
+
+
+def test_parse_unistd(kd):
+    text = ("#ifndef _ASM_UNISTD_64_H\n#define _ASM_UNISTD_64_H\n"
+            "#define __NR_read 0\n#define __NR_clone3 435\n"
+            "#define __NR_fcntl __NR3264_fcntl\n"
+            "#define __NR_syscalls 451\n#endif\n")
+    assert kd.parse_unistd(text) == {0: "read", 435: "clone3"}
