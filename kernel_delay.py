@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -105,6 +106,14 @@ EBPF_SOURCE = r"""
 #define TASK_TGID_OFF   @TASK_TGID_OFF@
 #define TASK_STATE_OFF  @TASK_STATE_OFF@
 typedef @TASK_STATE_TYPE@ task_state_t;
+/* task_struct.on_cpu: set while the task is on a CPU (SMP kernels). */
+#define HAVE_ON_CPU     @HAVE_ON_CPU@
+#define TASK_ON_CPU_OFF @TASK_ON_CPU_OFF@
+/* The system call number in struct pt_regs (x86 orig_ax, arm64
+ * syscallno). */
+#define HAVE_REGS_NR    @HAVE_REGS_NR@
+#define REGS_NR_OFF     @REGS_NR_OFF@
+typedef @REGS_NR_TYPE@ regs_nr_t;
 
 /* __TASK_STOPPED (0x4, SIGSTOP and job control) and __TASK_TRACED (0x8,
  * ptrace stops) have had these values since Linux 2.6. */
@@ -113,6 +122,8 @@ typedef @TASK_STATE_TYPE@ task_state_t;
 /* poll() and ppoll(): their gaps are what OVS's "Unreasonably long ...ms
  * poll interval" message measures. */
 #define IS_POLL(nr) (@POLL_TEST@)
+/* restart_syscall(): how the kernel resumes an interrupted poll(). */
+#define RESTART_NR      @RESTART_NR@
 
 enum event_type {
 @EVENT_ENUM@
@@ -181,16 +192,19 @@ struct sched_t {
     u64 ready_start;
     u64 stop_start;
     u64 switched;       /* a switch of this thread was seen */
+    u64 lost;           /* switches the kernel did not report */
 };
 
 BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
 BPF_PERCPU_ARRAY(counters, u64, @COUNTER_COUNT@);
-/* [0]: enum capture_state; [1]: when the window opened (ns). */
-BPF_ARRAY(capture, u64, 2);
+/* [0]: enum capture_state; [1]: when the window opened, [2]: when a
+ * stop trigger closed it (ns). */
+BPF_ARRAY(capture, u64, 3);
 
 BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
 BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
 BPF_HASH(poll_ret, u32, u64, MAX_THREADS);
+BPF_HASH(poll_restart, u32, u32, MAX_THREADS);
 BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
 BPF_HASH(sched_state, u32, struct sched_t, MAX_THREADS);
 BPF_HASH(run_stats, u32, struct acc_t, MAX_THREADS);
@@ -260,6 +274,32 @@ static __always_inline u64 kd_task_state(void *task)
     return val;
 }
 
+static __always_inline long kd_regs_nr(void *regs)
+{
+    regs_nr_t val = -1;
+
+    if (HAVE_REGS_NR)
+        bpf_probe_read_kernel(&val, sizeof(val), regs + REGS_NR_OFF);
+    return val;
+}
+
+/* -ERESTARTSYS .. -ERESTART_RESTARTBLOCK (-512 .. -516, but -515): a
+ * signal or a stop interrupted the call and the kernel resumes it (ppoll()
+ * as itself, poll() and sleeps as restart_syscall()). */
+static __always_inline bool kd_restarting(long ret)
+{
+    return ret <= -512 && ret >= -516 && ret != -515;
+}
+
+static __always_inline bool kd_task_on_cpu(void *task)
+{
+    int val = 0;
+
+    if (HAVE_ON_CPU)
+        bpf_probe_read_kernel(&val, sizeof(val), task + TASK_ON_CPU_OFF);
+    return val != 0;
+}
+
 static __always_inline void kd_acc_add(struct acc_t *acc, u64 delta)
 {
     acc->count++;
@@ -272,7 +312,8 @@ static __always_inline void kd_acc_add(struct acc_t *acc, u64 delta)
 
 /* BCC rewrites map calls, but not inside macros: these helpers take the
  * result of a map call instead. */
-static __always_inline void kd_account(struct acc_t *acc, u64 delta, u32 full)
+static __always_inline void kd_account(struct acc_t *acc, u64 delta,
+                                       u32 full)
 {
     if (acc)
         kd_acc_add(acc, delta);
@@ -300,71 +341,7 @@ static __always_inline void kd_emit(u32 type, u64 now)
     events.ringbuf_submit(event, 0);
 }
 
-/* ---- System calls and poll() gaps ---------------------------------- */
-/* Raw tracepoints: every system call of every process passes here, and
- * they skip the copy of the arguments into a trace record. */
-
-/* args: struct pt_regs *regs, long id */
-RAW_TRACEPOINT_PROBE(sys_enter)
-{
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-
-    if (!kd_is_target(pid_tgid) || !kd_capturing())
-        return 0;
-
-    u32 tid = pid_tgid;
-    u64 now = bpf_ktime_get_ns();
-    u64 nr = ctx->args[1];
-    struct sys_start_t start = { .ts = now, .nr = nr };
-
-    kd_check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
-
-    /* A poll gap runs from the return of the thread's last poll(). */
-    u64 *returned = 0;
-
-    if (IS_POLL(nr))
-        returned = poll_ret.lookup(&tid);
-
-    if (returned) {
-        struct acc_t zero = {};
-        u64 gap = now - *returned;
-
-        poll_ret.delete(&tid);
-        kd_account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
-                COUNTER_POLL_FULL);
-    }
-    return 0;
-}
-
-/* args: struct pt_regs *regs, long ret */
-RAW_TRACEPOINT_PROBE(sys_exit)
-{
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-
-    if (!kd_is_target(pid_tgid) || !kd_capturing())
-        return 0;
-
-    u32 tid = pid_tgid;
-    struct sys_start_t *start = sys_start.lookup(&tid);
-
-    /* Calls that entered before the window have no start stamp. */
-    if (!start)
-        return 0;
-
-    u64 now = bpf_ktime_get_ns();
-    struct sys_key_t key = { .tid = tid, .nr = start->nr };
-    u64 delta = now - start->ts;
-    struct acc_t zero = {};
-
-    sys_start.delete(&tid);
-    kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
-            COUNTER_SYS_STATS_FULL);
-    if (IS_POLL(key.nr))
-        kd_check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
-    return 0;
-}
-
-/* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
+/* ---- Scheduler state of a thread ------------------------------------ */
 /*
  * One entry per thread seen by the scheduler probes in this window, with
  * the start of its open run, ready and stopped periods (0: none).  A
@@ -382,8 +359,25 @@ static __always_inline struct sched_t *kd_sched_entry(u32 tid)
 
     struct sched_t zero = {};
 
-    kd_check_store(sched_state.insert(&tid, &zero), COUNTER_SCHED_FULL);
-    return sched_state.lookup(&tid);
+    /* Another CPU may create it first (-EEXIST): only a failed lookup
+     * afterwards means the table is full. */
+    sched_state.insert(&tid, &zero);
+    entry = sched_state.lookup(&tid);
+    if (!entry)
+        kd_bump(COUNTER_SCHED_FULL);
+    return entry;
+}
+
+/* A thread seen on a CPU (system call, interrupt) before any switch of it
+ * in the window has been on that CPU since the window opened. */
+static __always_inline void kd_seen_running(u32 tid)
+{
+    if (sched_state.lookup(&tid))
+        return;
+
+    struct sched_t entry = { .run_start = kd_window_start(), .switched = 1 };
+
+    sched_state.insert(&tid, &entry);   /* a racing switch's entry wins */
 }
 
 /* Start of a period that ends now: the stamp, else the window start for
@@ -394,6 +388,7 @@ static __always_inline u64 kd_period_start(struct sched_t *entry, u64 stamp)
         return stamp;
     if (!entry->switched)
         return kd_window_start();
+    entry->lost++;
     kd_bump(COUNTER_SCHED_LOST);
     return 0;
 }
@@ -411,9 +406,110 @@ static __always_inline void kd_close_run(u32 tid, struct sched_t *entry,
     entry->switched = 1;
 }
 
+/* ---- System calls and poll() gaps ---------------------------------- */
+/* Raw tracepoints: every system call of every process passes here, and
+ * they skip the copy of the arguments into a trace record. */
+
+/* The thread's interrupted poll() resumes in its next system call. */
+static __always_inline void kd_poll_restarts(u32 tid, u32 nr)
+{
+    kd_check_store(poll_restart.update(&tid, &nr), COUNTER_POLL_FULL);
+}
+
+/* args: struct pt_regs *regs, long id */
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
+        return 0;
+
+    u32 tid = pid_tgid;
+    u64 now = bpf_ktime_get_ns();
+    u64 nr = ctx->args[1];
+
+    kd_seen_running(tid);
+    if (nr == RESTART_NR || IS_POLL(nr)) {
+        u32 *resumed = poll_restart.lookup(&tid);
+
+        /* The rest of an interrupted poll() counts as poll(); its gap
+         * did not start. */
+        if (resumed) {
+            if (nr == RESTART_NR)
+                nr = *resumed;
+            poll_restart.delete(&tid);
+        }
+    }
+
+    struct sys_start_t start = { .ts = now, .nr = nr };
+
+    kd_check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
+
+    /* A poll gap runs from the return of the thread's last poll(). */
+    u64 *returned = 0;
+
+    if (IS_POLL(nr))
+        returned = poll_ret.lookup(&tid);
+
+    if (returned) {
+        struct acc_t zero = {};
+        u64 gap = now - *returned;
+
+        poll_ret.delete(&tid);
+        kd_account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
+                   COUNTER_POLL_FULL);
+    }
+    return 0;
+}
+
+/* args: struct pt_regs *regs, long ret */
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    if (!kd_is_target(pid_tgid) || !kd_capturing())
+        return 0;
+
+    u32 tid = pid_tgid;
+    long ret = ctx->args[1];
+    struct sys_start_t *start = sys_start.lookup(&tid);
+
+    /* Calls that entered before the window have no start stamp and are
+     * not counted; but a poll() interrupted now resumes inside it. */
+    if (!start) {
+        long nr = kd_regs_nr((void *)ctx->args[0]);
+
+        if (kd_restarting(ret) && IS_POLL(nr))
+            kd_poll_restarts(tid, nr);
+        return 0;
+    }
+
+    u64 now = bpf_ktime_get_ns();
+    struct sys_key_t key = { .tid = tid, .nr = start->nr };
+    u64 delta = now - start->ts;
+    struct acc_t zero = {};
+
+    sys_start.delete(&tid);
+    kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
+               COUNTER_SYS_STATS_FULL);
+    if (!IS_POLL(key.nr))
+        return 0;
+    if (kd_restarting(ret))
+        kd_poll_restarts(tid, key.nr);
+    else
+        kd_check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
+    return 0;
+}
+
+/* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
+
 static __always_inline void kd_ready_since(void *task, u64 now)
 {
     if (!kd_capturing() || kd_task_tgid(task) != MONITOR_TGID)
+        return;
+    /* A wakeup also fires for a task still on its CPU (it set its state
+     * to sleep, then found its condition met): it is not waiting. */
+    if (kd_task_on_cpu(task))
         return;
 
     struct sched_t *entry = kd_sched_entry(kd_task_pid(task));
@@ -524,6 +620,7 @@ TRACEPOINT_PROBE(irq, irq_handler_entry)
 
     if (!start)
         return 0;
+    kd_seen_running(pid_tgid);
     start->ts = bpf_ktime_get_ns();
     start->irq = args->irq;
     TP_DATA_LOC_READ_STR(&start->name, name, sizeof(start->name));
@@ -569,6 +666,7 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
 
     if (!start)
         return 0;
+    kd_seen_running(pid_tgid);
     start->ts = bpf_ktime_get_ns();
     start->vec = ctx->args[0];
     return 0;
@@ -635,13 +733,21 @@ static __always_inline int kd_stop_trigger_fired(void)
     u64 pid_tgid = bpf_get_current_pid_tgid();
 
     /* The window closes with this thread on a CPU: close its run period
-     * here, as user space cannot tell one that spans the whole window. */
+     * here, as user space cannot tell one that spans the whole window.
+     * (With a stop trigger on sched_switch, prev's period is already
+     * closed: nothing to do, and nothing lost.) */
     if (kd_is_target(pid_tgid)) {
         struct sched_t *entry = kd_sched_entry(pid_tgid);
 
-        if (entry)
+        if (entry && (entry->run_start || !entry->switched))
             kd_close_run(pid_tgid, entry, now);
     }
+
+    u32 stop_key = 2;
+
+    /* Stamp before state: user space that sees HOLD can trust the stamp
+     * even if the event was lost. */
+    capture.update(&stop_key, &now);
     *state = CAPTURE_HOLD;
     kd_emit(EVENT_STOP_TRIGGER, now);
     return 0;
@@ -719,6 +825,7 @@ SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
 # System call numbers of poll() and ppoll(), used when bcc's table is not
 # at hand (--ebpf without bcc).
 POLL_SYSCALLS = {"x86_64": (7, 271), "aarch64": (73,)}
+RESTART_SYSCALL = {"x86_64": 219, "aarch64": 128}
 
 DEFAULT_PROCESS = "ovs-vswitchd"
 
@@ -754,6 +861,7 @@ class ThreadStats:
     run: Optional[Acc] = None
     ready: Optional[Acc] = None
     stopped: Optional[Acc] = None
+    lost: int = 0       # switches the kernel did not report
     hardirqs: Dict[str, Acc] = field(default_factory=dict)
     softirqs: Dict[int, Acc] = field(default_factory=dict)
 
@@ -766,6 +874,10 @@ class TaskLayout:
     state_offset: int
     state_size: int
     source: str = "btf"
+    on_cpu_offset: Optional[int] = None     # absent on UP kernels
+    # The system call number in struct pt_regs.
+    regs_nr_offset: Optional[int] = None
+    regs_nr_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -1022,10 +1134,25 @@ def task_layout_from_btf(data):
             raise BtfError("task_struct member is a bit field")
     if btf.size(found["pid"][1]) != 4 or btf.size(found["tgid"][1]) != 4:
         raise BtfError("task_struct pid/tgid are not 32-bit")
+    on_cpu = members.get("on_cpu")
+    if on_cpu and (on_cpu[0] % 8 or on_cpu[2] or btf.size(on_cpu[1]) != 4):
+        on_cpu = None
+    regs_nr = None
+    try:
+        regs = {name: (bits, type_id) for name, bits, type_id, _ in
+                btf.members(btf.find(BTF_KIND_STRUCT, "pt_regs"))}
+        regs_nr = regs.get("orig_ax") or regs.get("syscallno")
+    except BtfError:
+        pass
+    if regs_nr and (regs_nr[0] % 8 or btf.size(regs_nr[1]) not in (4, 8)):
+        regs_nr = None
     return TaskLayout(pid_offset=found["pid"][0] // 8,
                       tgid_offset=found["tgid"][0] // 8,
                       state_offset=state[0] // 8,
-                      state_size=btf.size(state[1]))
+                      state_size=btf.size(state[1]),
+                      on_cpu_offset=on_cpu[0] // 8 if on_cpu else None,
+                      regs_nr_offset=regs_nr[0] // 8 if regs_nr else None,
+                      regs_nr_size=btf.size(regs_nr[1]) if regs_nr else 8)
 
 
 # ---- Pure functions: C source -----------------------------------------------
@@ -1043,12 +1170,13 @@ def render_template(template, values):
 
 
 def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
-                      max_threads=4096, triggers=()):
+                      max_threads=4096, triggers=(), restart_nr=-1):
     """The complete eBPF C program.
 
     layout is a TaskLayout; with source "headers" the offsets come from
     the kernel headers at compile time instead.  triggers lists the roles
-    ("start", "stop") that get a trigger function.
+    ("start", "stop") that get a trigger function; restart_nr is the number
+    of restart_syscall(), -1 if there is none.
     """
     if layout.source == "headers":
         headers = "#include <linux/sched.h>"
@@ -1060,7 +1188,23 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         headers += ("\n#include <linux/version.h>\n"
                     "#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 14, 0)\n"
                     "#define TASK_STATE_MEMBER __state\n#else\n"
-                    "#define TASK_STATE_MEMBER state\n#endif")
+                    "#define TASK_STATE_MEMBER state\n#endif\n"
+                    "#ifdef CONFIG_SMP\n#define KD_ON_CPU 1\n"
+                    "#define KD_ON_CPU_OFF offsetof(struct task_struct, "
+                    "on_cpu)\n#else\n#define KD_ON_CPU 0\n"
+                    "#define KD_ON_CPU_OFF 0\n#endif")
+        offsets["HAVE_ON_CPU"] = "KD_ON_CPU"
+        offsets["TASK_ON_CPU_OFF"] = "KD_ON_CPU_OFF"
+        headers += ("\n#if defined(__TARGET_ARCH_x86)\n#define KD_REGS_NR 1\n"
+                    "#define KD_REGS_NR_OFF offsetof(struct pt_regs, "
+                    "orig_ax)\n#elif defined(__TARGET_ARCH_arm64)\n"
+                    "#define KD_REGS_NR 1\n#define KD_REGS_NR_OFF "
+                    "offsetof(struct pt_regs, syscallno)\n#else\n"
+                    "#define KD_REGS_NR 0\n#define KD_REGS_NR_OFF 0\n"
+                    "#endif")
+        offsets["HAVE_REGS_NR"] = "KD_REGS_NR"
+        offsets["REGS_NR_OFF"] = "KD_REGS_NR_OFF"
+        offsets["REGS_NR_TYPE"] = "long"
         offsets["TASK_STATE_TYPE"] = (
             "typeof(((struct task_struct *)0)->TASK_STATE_MEMBER)")
     else:
@@ -1072,7 +1216,13 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         offsets = {"TASK_PID_OFF": layout.pid_offset,
                    "TASK_TGID_OFF": layout.tgid_offset,
                    "TASK_STATE_OFF": layout.state_offset,
-                   "TASK_STATE_TYPE": state_types[layout.state_size]}
+                   "TASK_STATE_TYPE": state_types[layout.state_size],
+                   "HAVE_ON_CPU": int(layout.on_cpu_offset is not None),
+                   "TASK_ON_CPU_OFF": layout.on_cpu_offset or 0,
+                   "HAVE_REGS_NR": int(layout.regs_nr_offset is not None),
+                   "REGS_NR_OFF": layout.regs_nr_offset or 0,
+                   "REGS_NR_TYPE": {4: "s32", 8: "s64"}[
+                       layout.regs_nr_size]}
     if not poll_nrs:
         raise ValueError("no poll() system call numbers")
     values = {
@@ -1084,6 +1234,7 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "RINGBUF_PAGES": round_up_pow2(int(page_count)),
         "POLL_TEST": " || ".join("(nr) == {}".format(int(nr))
                                  for nr in poll_nrs),
+        "RESTART_NR": int(restart_nr),
         "EVENT_ENUM": c_enum(Event, "EVENT_"),
         "COUNTER_ENUM": c_enum(Counter, "COUNTER_"),
         "CAPTURE_ENUM": c_enum(Capture, "CAPTURE_"),
@@ -1143,7 +1294,7 @@ LOG2_H = """\
 PAGE_H = """\
 #ifndef __KERNEL_DELAY_PAGE_H
 #define __KERNEL_DELAY_PAGE_H
-#define PAGE_SHIFT 12
+#define PAGE_SHIFT {shift}
 #define PAGE_SIZE (1UL << PAGE_SHIFT)
 #endif
 """
@@ -1187,17 +1338,23 @@ ARCHES = {"x86_64": ("x86", "x86_64-linux-gnu"),
           "aarch64": ("arm64", "aarch64-linux-gnu")}
 
 
-def include_tree_files(machine):
-    """Generated files of the include tree, by path relative to its root."""
+def include_tree_files(machine, page_size=4096):
+    """Generated files of the include tree, by path relative to its root.
+
+    page_size is the kernel's (BCC sizes the ring buffer in pages; arm64
+    kernels may use 16 or 64 KiB pages)."""
     if machine not in ARCHES:
         raise ValueError("no include tree recipe for {}".format(machine))
+    if page_size < 4096 or page_size & (page_size - 1):
+        raise ValueError("odd page size {}".format(page_size))
     arch = ARCHES[machine][0]
     return {
         "include/linux/kconfig.h": KCONFIG_H,
         "include/linux/log2.h": LOG2_H,
         # BCC brings its own bpf.h; the C library's may be older.
         "include/uapi/linux/bpf.h": "",
-        "arch/{}/include/asm/page.h".format(arch): PAGE_H,
+        "arch/{}/include/asm/page.h".format(arch): PAGE_H.format(
+            shift=page_size.bit_length() - 1),
         "arch/{}/include/asm/ptrace.h".format(arch): PTRACE_H[arch],
     }
 
@@ -1268,6 +1425,14 @@ def format_thread(stats, syscall_names, poll_nrs):
     if stats.ready:
         lines.append("{}{:10}  {:16,}  {:16,}".format(
             INDENT, stats.ready.count, stats.ready.total, stats.ready.max))
+
+    if stats.lost:
+        lines += textwrap.wrap(
+            "NOTE: the kernel did not report {} switch{} of this thread; the "
+            "run and ready periods around {} are left out.".format(
+                stats.lost, "es" if stats.lost > 1 else "",
+                "them" if stats.lost > 1 else "it"),
+            width=105, initial_indent=INDENT, subsequent_indent=INDENT)
 
     if stats.stopped:
         lines += [_section("[THREAD STOPPED STATISTICS]"),
@@ -1486,7 +1651,7 @@ def remove_stale_trees():
 def make_include_tree(machine=None):
     """Build a private include tree for BCC; returns its path."""
     machine = machine or platform.machine()
-    files = include_tree_files(machine)
+    files = include_tree_files(machine, os.sysconf("SC_PAGE_SIZE"))
     arch, triplet = ARCHES[machine]
     asm = next((path for path in ("/usr/include/{}/asm".format(triplet),
                                   "/usr/include/asm")
@@ -1650,6 +1815,13 @@ def syscall_table():
     return table
 
 
+def restart_syscall(table):
+    """The number of restart_syscall(), or -1."""
+    return next((nr for nr, name in table.items()
+                 if name == "restart_syscall"),
+                RESTART_SYSCALL.get(platform.machine(), -1))
+
+
 def poll_syscalls(table=None):
     if table:
         nrs = tuple(sorted(nr for nr, name in table.items()
@@ -1679,8 +1851,8 @@ class Probes:
 
     STAT_TABLES = ("sys_stats", "poll_stats", "run_stats", "ready_stats",
                    "stop_stats", "hardirq_stats", "softirq_stats")
-    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "sched_state",
-                            "exit_names")
+    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "poll_restart",
+                            "sched_state", "exit_names")
 
     def __init__(self, bpf, pid):
         self.bpf = bpf
@@ -1709,9 +1881,19 @@ class Probes:
         table[table.Key(1)] = table.Leaf(start_ns)
         self.set_state(Capture.RUNNING)
 
+    def capture_values(self):
+        """(state, window start, stop trigger time) as the program has
+        them; the state is read first (the program writes it last)."""
+        table = self.bpf["capture"]
+        state = Capture(table[table.Key(0)].value)
+        return state, table[table.Key(1)].value, table[table.Key(2)].value
+
     def reset(self):
         for name in self.TABLES:
             self.bpf[name].clear()
+        table = self.bpf["capture"]
+        for key in (1, 2):
+            table[table.Key(key)] = table.Leaf(0)
 
     def collect(self, end_ns):
         """Read the tables once into ThreadStats; the window closed at
@@ -1726,11 +1908,14 @@ class Probes:
         threads = collect_threads(rows)
         starts = {"run": {}, "ready": {}, "stopped": {}}
         for key, value in self.bpf["sched_state"].items():
-            run, ready, stopped, _ = plain(value)
+            run, ready, stopped, _, lost = plain(value)
             for attr, start in (("run", run), ("ready", ready),
                                 ("stopped", stopped)):
                 if start:
                     starts[attr][plain(key)] = start
+            if lost:
+                threads.setdefault(plain(key),
+                                   ThreadStats(tid=plain(key))).lost = lost
         add_open_periods(threads, starts, end_ns)
         exited = {plain(k): plain(v)[0]
                   for k, v in self.bpf["exit_names"].items()}
@@ -1769,6 +1954,7 @@ class Sampler:
         self.syscall_names = syscall_names
         self.poll_nrs = poll_nrs
         self.clock = clock
+        self.pending = []       # ring buffer events not yet consumed
 
     def say(self, lines):
         if isinstance(lines, str):
@@ -1781,6 +1967,20 @@ class Sampler:
         deadline (CLOCK_MONOTONIC ns) passes (returns None).  Raises
         TargetExited when the process goes away meanwhile."""
         while True:
+            # One poll can bring a start and a stop event: keep the rest.
+            while self.pending:
+                event, ts = self.pending.pop(0)
+                if event == event_type:
+                    return ts
+            # Without its event (ring buffer full), a trigger still shows
+            # in the capture state.
+            state, started, stopped = self.probes.capture_values()
+            if event_type == Event.START_TRIGGER and started and \
+                    state in (Capture.RUNNING, Capture.HOLD):
+                return started
+            if event_type == Event.STOP_TRIGGER and stopped and \
+                    state == Capture.HOLD:
+                return stopped
             if not process_alive(self.args.pid):
                 raise TargetExited
             timeout = 100
@@ -1789,9 +1989,7 @@ class Sampler:
                 if left <= 0:
                     return None
                 timeout = min(timeout, left)
-            for event, ts in self.probes.poll(timeout):
-                if event == event_type:
-                    return ts
+            self.pending += self.probes.poll(timeout)
 
     def one_window(self):
         """Capture one window; returns it, or None when it was skipped."""
@@ -1799,6 +1997,7 @@ class Sampler:
         window = Window()
         self.probes.reset()
         self.probes.poll(0)     # drop events of earlier windows
+        self.pending = []
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
             window.start_ts = self.wait_for(Event.START_TRIGGER)
@@ -2047,8 +2246,9 @@ class Session:
             self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
                                debug=args.debug)
         except Exception as err:
-            raise Fatal("loading the eBPF program failed ({}); rerun with "
-                        "-D to see the compiler output".format(
+            raise Fatal("loading the eBPF program failed ({}); it needs BPF "
+                        "ring buffers (Linux 5.8, RHEL 8.4); rerun with -D "
+                        "to see the compiler output".format(
                             str(err).strip().splitlines()[-1]),
                         os.EX_SOFTWARE)
         attach_triggers(self.bpf, triggers, args.pid)
@@ -2162,7 +2362,8 @@ def run(args, out):
     triggers = triggers_of(args)
     source = render_bpf_source(args.pid, args.layout, poll_nrs,
                                args.buffer_page_count, args.max_threads,
-                               [role for role, _ in triggers])
+                               [role for role, _ in triggers],
+                               restart_syscall(table))
     if args.ebpf:
         out.write(source)
         return os.EX_OK

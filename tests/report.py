@@ -67,6 +67,14 @@ def parse(text):
         words = line.split()
         if not words or thread is None or words[0] in HEADINGS:
             continue
+        if words[0] == "NOTE:":
+            match = re.search(r"did not report (\d+) switch", line)
+            if match:
+                thread["LOST"] = int(match.group(1))
+            continue
+        if thread.get("LOST") is not None and section == "THREAD READY" \
+                and not words[0].isdigit():
+            continue        # the NOTE's second line
         if section in ROW_FIELDS:
             thread[section] = dict(zip(ROW_FIELDS[section],
                                        map(number, words)))

@@ -40,6 +40,7 @@ def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True,
                             bufsize=1, cwd=TOP, env=env)
+    RUN_PIDS.append(proc.pid)
     watchdog = threading.Timer(timeout, proc.kill)
     watchdog.start()
     lines = []
@@ -76,10 +77,16 @@ def tracefs_mounts():
                       if line.split()[2] == "tracefs")
 
 
+# Tools started by these tests (the script re-executes itself in place,
+# so the PID stays the same).
+RUN_PIDS = []
+
+
 def leftovers():
-    """Traces of a run: temporary trees, probe definitions."""
+    """Traces of the tests' runs: temporary trees, probe definitions."""
+    prefixes = tuple("kernel_delay.{}.".format(pid) for pid in RUN_PIDS)
     found = [name for name in os.listdir(tempfile.gettempdir())
-             if name.startswith("kernel_delay.")]
+             if name.startswith(prefixes)]
     for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         for table in ("uprobe_events", "kprobe_events"):
             try:
@@ -229,19 +236,19 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     current task (rq_clock_skip_update()), so schedstat charges the
     wakeup-to-switch latency to run time while the tracepoints see it as
     waiting.  The number of periods agrees, and so does their sum, within
-    10 %; a switch the kernel did not report (the report then says so)
-    can take a millisecond of a total of a few."""
+    10 %.  A switch the kernel did not report (the thread's NOTE says so)
+    leaves periods out: then the report can only be lower."""
     thread = busy.thread(name)
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited, slices = (busy.delta(name, column)
                               for column in range(3))
-    lost = re.search(r"^# WARNING: (\d+) context switches were not "
-                     r"reported", busy.out, re.M)
-    assert abs(run["count"] - slices) <= 2 + (int(lost.group(1)) if lost
-                                              else 0)
+    lost = thread.get("LOST", 0)
+    assert abs(run["count"] - slices) <= 2 + lost
     both = on_cpu + waited
-    tolerance = 0.40 if lost else 0.10
-    assert abs(run["total"] + ready["total"] - both) <= tolerance * both
+    if lost:
+        assert run["total"] + ready["total"] <= 1.10 * both
+    else:
+        assert abs(run["total"] + ready["total"] - both) <= 0.10 * both
     assert run["total"] <= on_cpu
 
 
@@ -307,11 +314,18 @@ def test_sigstop_sigcont_is_stopped_time(workload_bin):
         capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
     stopped_for = (times["cont"] - times["stop"]) * NSEC
     for name in ("kd-main", "kd-sleep", "kd-poll", "kd-op", "kd-burst",
-                 "kd-udp"):
+                 "kd-udp", "kd-pollwait"):
         stopped = capture.thread(name)["THREAD STOPPED"]
         assert stopped["count"] == 1, name
         assert stopped["total"] == stopped["max"]
         assert abs(stopped["total"] - stopped_for) < 30 * MSEC, name
+    # The stop interrupted kd-pollwait inside poll(), which the kernel
+    # then resumed as restart_syscall(): still one poll, no gap.
+    pollwait = capture.thread("kd-pollwait")
+    assert "restart_syscall" not in pollwait["SYSCALL"]
+    assert pollwait["LONG POLL"]["max"] < 5 * MSEC
+    # Only polls: nothing in TOTAL( - poll).
+    assert "SYSCALL TOTAL" not in pollwait
 
 
 def test_sigterm_ends_a_window_cleanly_and_reports_it(workload_bin):

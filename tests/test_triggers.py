@@ -175,6 +175,21 @@ def test_internal_tracepoint_as_trigger_and_missed_starts(load):
                      re.M), out
 
 
+def test_start_and_stop_in_one_poll(load):
+    """A window shorter than the sampling loop's wake-up: its start and
+    stop events arrive together.  The stop trigger is also a tracepoint
+    the tool uses itself, and fires right after the tool's own probe."""
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               "up:kd_op", "--stop-trigger",
+                               "t:sched:sched_switch", "--sample-count",
+                               "3"], timeout=30)
+    assert code == 0, err
+    found = deltas(out)
+    assert len(found) == 3, out
+    assert all(0 < delta < LONG for delta in found)
+    assert "were not reported by the kernel" not in out
+
+
 def test_ctrl_c_while_waiting_for_a_trigger(load):
     def interrupt(proc):
         proc.send_signal(signal.SIGINT)

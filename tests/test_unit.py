@@ -980,3 +980,75 @@ def test_parse_unistd(kd):
             "#define __NR_fcntl __NR3264_fcntl\n"
             "#define __NR_syscalls 451\n#endif\n")
     assert kd.parse_unistd(text) == {0: "read", 435: "clone3"}
+
+
+@pytest.mark.parametrize("lost, text", [
+    (1, ["NOTE: the kernel did not report 1 switch of this thread; the run "
+         "and ready", "periods around it are left out."]),
+    (3, ["NOTE: the kernel did not report 3 switches of this thread; the "
+         "run and ready", "periods around them are left out."]),
+])
+def test_format_thread_lost_switches(kd, lost, text):
+    stats = kd.ThreadStats(tid=9, name="t", run=kd.Acc(1, 5, 5, 5),
+                           lost=lost)
+    lines = kd.format_thread(stats, {}, POLL_NRS)
+    assert lines[-2:] == [" " * 28 + line for line in text]
+    assert "NOTE" not in "\n".join(kd.format_thread(
+        kd.ThreadStats(tid=9, name="t"), {}, POLL_NRS))
+
+
+def test_render_on_cpu_and_restart(kd):
+    layout = kd.TaskLayout(1264, 1268, 24, 4, on_cpu_offset=52)
+    source = kd.render_bpf_source(1, layout, POLL_NRS, restart_nr=219)
+    assert re.search(r"^#define HAVE_ON_CPU +1$", source, re.M)
+    assert re.search(r"^#define TASK_ON_CPU_OFF +52$", source, re.M)
+    assert re.search(r"^#define RESTART_NR +219$", source, re.M)
+    source = kd.render_bpf_source(1, kd.TaskLayout(1264, 1268, 24, 4),
+                                  POLL_NRS)
+    assert re.search(r"^#define HAVE_ON_CPU +0$", source, re.M)
+    assert re.search(r"^#define RESTART_NR +-1$", source, re.M)
+
+
+def test_restart_syscall_number(kd):
+    assert kd.restart_syscall({219: "restart_syscall", 7: "poll"}) == 219
+
+
+@pytest.mark.parametrize("size, shift", [(4096, 12), (16384, 14),
+                                         (65536, 16)])
+def test_include_tree_page_size(kd, size, shift):
+    files = kd.include_tree_files("aarch64", size)
+    assert "#define PAGE_SHIFT {}\n".format(shift) in \
+        files["arch/arm64/include/asm/page.h"]
+
+
+def test_include_tree_rejects_odd_page_size(kd):
+    with pytest.raises(ValueError):
+        kd.include_tree_files("x86_64", 6000)
+
+
+@needs_btf
+def test_real_btf_has_on_cpu(kd):
+    with open("/sys/kernel/btf/vmlinux", "rb") as btf:
+        layout = kd.task_layout_from_btf(btf.read())
+    # SMP kernels: on_cpu sits between the state and pid.
+    assert layout.state_offset < layout.on_cpu_offset < layout.pid_offset
+
+
+@needs_btf
+def test_real_btf_has_the_syscall_number_in_pt_regs(kd):
+    with open("/sys/kernel/btf/vmlinux", "rb") as btf:
+        layout = kd.task_layout_from_btf(btf.read())
+    if os.uname().machine == "x86_64":
+        assert (layout.regs_nr_offset, layout.regs_nr_size) == (120, 8)
+    else:
+        assert layout.regs_nr_offset is not None
+
+
+def test_render_regs_nr(kd):
+    layout = kd.TaskLayout(1264, 1268, 24, 4, regs_nr_offset=120)
+    source = kd.render_bpf_source(1, layout, POLL_NRS)
+    assert re.search(r"^#define HAVE_REGS_NR +1$", source, re.M)
+    assert re.search(r"^#define REGS_NR_OFF +120$", source, re.M)
+    assert "typedef s64 regs_nr_t;" in source
+    source = kd.render_bpf_source(1, kd.TaskLayout(1, 2, 3, 4), POLL_NRS)
+    assert re.search(r"^#define HAVE_REGS_NR +0$", source, re.M)

@@ -52,12 +52,12 @@
 
 #define UDP_LEN 64
 
-enum { T_MAIN, T_SLEEP, T_POLL, T_BURST, T_UDP, T_OP, T_SPIN1, T_SPIN2,
-       T_MAX };
+enum { T_MAIN, T_SLEEP, T_POLL, T_BURST, T_UDP, T_OP, T_POLLWAIT, T_SPIN1,
+       T_SPIN2, T_MAX };
 
 static const char *const thread_names[T_MAX] = {
 	"kd-main", "kd-sleep", "kd-poll", "kd-burst",
-	"kd-udp", "kd-op", "kd-spin1", "kd-spin2",
+	"kd-udp", "kd-op", "kd-pollwait", "kd-spin1", "kd-spin2",
 };
 
 static pid_t thread_tids[T_MAX];
@@ -133,6 +133,18 @@ static void *sleep_thread(void *arg)
 	thread_start(T_SLEEP);
 	for (;;)
 		sleep_ms(20);
+	return NULL;
+}
+
+/* Nearly always inside poll(): what a stop or a signal interrupts. */
+static void *pollwait_thread(void *arg)
+{
+	struct pollfd pfd = { .fd = idle_pipe[0], .events = POLLIN };
+
+	(void)arg;
+	thread_start(T_POLLWAIT);
+	for (;;)
+		poll(&pfd, 1, 200);
 	return NULL;
 }
 
@@ -437,6 +449,7 @@ int main(int argc, char **argv)
 	start_thread(burst_thread, NULL, -1);
 	start_thread(udp_thread, NULL, -1);
 	start_thread(op_thread, NULL, -1);
+	start_thread(pollwait_thread, NULL, -1);
 	if (spin_cpu >= 0) {
 		start_thread(spin_thread, (void *)0L, spin_cpu);
 		start_thread(spin_thread, (void *)1L, spin_cpu);
