@@ -7,10 +7,10 @@ PYTHON ?= /usr/bin/python3
 FLAKE8 ?= $(PYTHON) -m flake8
 PYTEST_ARGS ?=
 
-DEB_PACKAGES = python3-bpfcc bpfcc-tools python3-psutil python3-tz \
+DEB_PACKAGES = python3-bpfcc bpfcc-tools python3-psutil \
 	python3-pytest flake8 gcc libc6-dev linux-libc-dev systemtap-sdt-dev \
 	openvswitch-switch util-linux
-RPM_PACKAGES = python3-bcc bcc-tools python3-psutil python3-pytz \
+RPM_PACKAGES = python3-bcc bcc-tools python3-psutil \
 	python3-pytest python3-flake8 gcc glibc-devel kernel-headers \
 	systemtap-sdt-devel openvswitch util-linux
 

@@ -63,13 +63,14 @@ except ImportError:
 EXIT_CODES = {
     os.EX_OK: "success",
     2: "invalid command line (argparse)",
-    os.EX_USAGE: "several ovs-vswitchd processes: pick one with --pid",
+    os.EX_USAGE: "ambiguous target: several ovs-vswitchd, or a thread ID",
     os.EX_NOINPUT: "the target process does not exist",
     os.EX_UNAVAILABLE: "the kernel or the environment lacks something the "
                        "tool needs",
-    os.EX_SOFTWARE: "internal error: the eBPF program failed to load",
+    os.EX_SOFTWARE: "the eBPF program did not compile or load",
     os.EX_OSFILE: "a Python dependency (bcc, psutil) is missing",
     os.EX_OSERR: "attaching a probe failed",
+    os.EX_IOERR: "the report could not be written",
     os.EX_NOPERM: "not running as root",
     os.EX_CONFIG: "a trigger names a probe, symbol or library that "
                   "does not exist",
@@ -78,6 +79,10 @@ EXIT_CODES = {
 
 class TargetExited(Exception):
     """The monitored process went away."""
+
+
+class OutputError(Exception):
+    """Writing the report failed (closed pipe, full disk)."""
 
 
 class Fatal(Exception):
@@ -829,6 +834,12 @@ RESTART_SYSCALL = {"x86_64": 219, "aarch64": 128}
 
 DEFAULT_PROCESS = "ovs-vswitchd"
 
+# Limits of the options: the tables are preallocated in kernel memory
+# (about 80 bytes per entry; 16 system call entries per thread).
+MAX_SECONDS = 30 * 24 * 3600
+MAX_THREADS = 32768
+MAX_PAGES = 16384
+
 
 # ---- Data classes -----------------------------------------------------------
 
@@ -905,15 +916,25 @@ class Window:
 # ---- Pure functions: arguments and triggers ---------------------------------
 
 def unsigned_int(text):
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text, 10)
-    except ValueError:
+    """argparse type: an integer >= 0, in ASCII decimal digits."""
+    if not re.match(r"-?[0-9]+\Z", text.strip()):
         raise argparse.ArgumentTypeError("'{}' is not an integer"
                                          .format(text))
+    value = int(text, 10)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def bounded(kind, limit):
+    """argparse type: kind, at most limit."""
+    def check(text):
+        value = kind(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError("must be at most {}".format(
+                limit))
+        return value
+    return check
 
 
 def debug_flags(text):
@@ -945,6 +966,9 @@ def seconds(text):
                                          .format(text))
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a finite number >= 0")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError("must be at most {} (30 days)"
+                                         .format(MAX_SECONDS))
     return value
 
 
@@ -1432,7 +1456,8 @@ def format_thread(stats, syscall_names, poll_nrs):
             "run and ready periods around {} are left out.".format(
                 stats.lost, "es" if stats.lost > 1 else "",
                 "them" if stats.lost > 1 else "it"),
-            width=105, initial_indent=INDENT, subsequent_indent=INDENT)
+            width=105, initial_indent=INDENT, subsequent_indent=INDENT,
+            break_on_hyphens=False)
 
     if stats.stopped:
         lines += [_section("[THREAD STOPPED STATISTICS]"),
@@ -1509,17 +1534,20 @@ def wrap_items(head, items, width=79, indent="#   "):
 
 
 def format_warnings(counters, sample_count):
-    """End-of-run warnings for non-zero loss counters."""
+    """End-of-run warnings for non-zero loss counters, wrapped at 79."""
+    # (singular, plural) of each message; {} is the count.
     fixes = {
-        Counter.RINGBUF_FULL: "{} events were dropped: the ring buffer was "
-                              "full; increase --buffer-page-count.",
-        Counter.TRIGGER_MISSED: "{} start triggers were missed: they fired "
-                                "while the previous window was being "
-                                "reported.",
-        Counter.SCHED_LOST: "{} context switches were not reported by the "
-                            "kernel (a thread switched out without being "
-                            "seen switching in): the periods they would "
-                            "have closed are left out.",
+        Counter.RINGBUF_FULL: (
+            "{} event was dropped", "{} events were dropped",
+            ": the ring buffer was full; increase --buffer-page-count."),
+        Counter.TRIGGER_MISSED: (
+            "{} start trigger was missed", "{} start triggers were missed",
+            ": {they} fired while the previous window was being reported."),
+        Counter.SCHED_LOST: (
+            "{} context switch was not reported",
+            "{} context switches were not reported",
+            " by the kernel (a thread switched out without being seen "
+            "switching in): the periods around {them} are left out."),
     }
     lines = []
     for counter in Counter:
@@ -1529,12 +1557,20 @@ def format_warnings(counters, sample_count):
         if counter in fixes:
             if counter == Counter.TRIGGER_MISSED and sample_count <= 1:
                 continue
-            text = fixes[counter].format(value)
+            one, many, rest = fixes[counter]
+            text = (one if value == 1 else many).format(value) + rest.format(
+                they="it" if value == 1 else "they",
+                them="it" if value == 1 else "them")
         else:
-            text = ("{} updates of the {} table failed (table full): some "
+            text = ("{} update{} of the {} table failed (table full): some "
                     "data is missing; increase --max-threads.".format(
-                        value, COUNTER_TABLES[counter]))
-        lines.append("# WARNING: " + text)
+                        value, "" if value == 1 else "s",
+                        COUNTER_TABLES[counter]))
+        lines += textwrap.wrap(text, width=79,
+                               initial_indent="# WARNING: ",
+                               subsequent_indent="#          ",
+                               break_on_hyphens=False,
+                               break_long_words=False)
     return lines
 
 
@@ -1648,8 +1684,8 @@ def remove_stale_trees():
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
-def make_include_tree(machine=None):
-    """Build a private include tree for BCC; returns its path."""
+def make_include_tree(root, machine=None):
+    """Fill the empty directory root with an include tree for BCC."""
     machine = machine or platform.machine()
     files = include_tree_files(machine, os.sysconf("SC_PAGE_SIZE"))
     arch, triplet = ARCHES[machine]
@@ -1661,8 +1697,6 @@ def make_include_tree(machine=None):
                     "headers to build a stand-in; install linux-libc-dev "
                     "(Debian) or kernel-headers (Fedora)".format(
                         platform.release()), os.EX_UNAVAILABLE)
-    remove_stale_trees()
-    root = tempfile.mkdtemp(prefix="kernel_delay.{}.".format(os.getpid()))
     uapi = os.path.join(root, "include/uapi")
     os.makedirs(os.path.join(uapi, "linux"))
     # The C library's uapi headers, one symlink per entry, so that the
@@ -1681,7 +1715,49 @@ def make_include_tree(machine=None):
             os.unlink(full)
         with open(full, "w") as out:
             out.write(text)
-    return root
+
+
+def new_tree_dir():
+    """A private temporary directory for the include tree, named after
+    this process so that a later run can remove it if this one is
+    killed."""
+    remove_stale_trees()
+    return tempfile.mkdtemp(prefix="kernel_delay.{}.".format(os.getpid()))
+
+
+class CapturedStderr:
+    """Collect what C code (libbcc, clang) writes to file descriptor 2, so
+    that a failure can be told in one line.  With passthrough, leave it
+    alone (-D)."""
+
+    def __init__(self, passthrough=False):
+        self.passthrough = passthrough
+        self.text = ""
+
+    def __enter__(self):
+        if not self.passthrough:
+            sys.stderr.flush()
+            self.file = tempfile.TemporaryFile(mode="w+")
+            self.saved = os.dup(2)
+            os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if not self.passthrough:
+            sys.stderr.flush()
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            self.file.seek(0)
+            self.text = self.file.read()
+            self.file.close()
+        return False
+
+    def last_line(self, default):
+        """The last line worth showing of what was captured."""
+        lines = [line.strip() for line in self.text.splitlines()
+                 if line.strip() and not line.startswith(("In file",
+                                                          "    "))]
+        return lines[-1] if lines else default
 
 
 def tracefs_path():
@@ -1959,8 +2035,11 @@ class Sampler:
     def say(self, lines):
         if isinstance(lines, str):
             lines = [lines]
-        self.out.write("".join(line + "\n" for line in lines))
-        self.out.flush()
+        try:
+            self.out.write("".join(line + "\n" for line in lines))
+            self.out.flush()
+        except OSError as err:
+            raise OutputError(err)
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the
@@ -2084,29 +2163,28 @@ def in_child_pid_namespace():
         return False
 
 
-PID_NAMESPACE_HINT = ("this runs in a PID namespace of its own; run the "
-                      "container with --pid=host")
-
-
-def find_target_pid():
+def find_target_pid(name):
     if psutil is None:
         raise Fatal("the Python module psutil is missing; install "
                     "python3-psutil", os.EX_OSFILE)
     candidates = []
     for proc in psutil.process_iter(["name"]):
         candidates.append((proc.pid, proc.info["name"]))
-    try:
-        return pick_target(candidates)
-    except Fatal as err:
-        if in_child_pid_namespace() and err.code == os.EX_NOINPUT:
-            err.args = ("{}; {}".format(err, PID_NAMESPACE_HINT),)
-        raise
+    return pick_target(candidates, name)
 
 
 def check_pid(pid):
-    if not os.path.isdir("/proc/{}/task".format(pid)):
+    """Fail unless pid is a running process (not one of its threads)."""
+    try:
+        with open("/proc/{}/status".format(pid)) as status:
+            tgid = int(re.search(r"^Tgid:\s*(\d+)", status.read(),
+                                 re.M).group(1))
+    except (OSError, AttributeError):
         raise Fatal("process {} does not exist; check the --pid value"
                     .format(pid), os.EX_NOINPUT)
+    if tgid != pid:
+        raise Fatal("{} is a thread of process {}; use -p {}".format(
+            pid, tgid, tgid), os.EX_USAGE)
 
 
 def verify_usdt(pid, trigger):
@@ -2122,14 +2200,20 @@ def verify_usdt(pid, trigger):
     if wanted not in probes:
         raise Fatal("trigger '{}': process {} has no USDT probe {}; it has: "
                     "{}".format(trigger.text, pid, wanted,
-                                ", ".join(probes) or "none"), os.EX_CONFIG)
+                                ", ".join(probes) or "none (OVS needs "
+                                "./configure --enable-usdt-probes)"),
+                    os.EX_CONFIG)
     return usdt
 
 
 def uprobe_binary(pid, trigger):
     if trigger.target:
-        return "/proc/{}/root{}".format(
-            pid, find_mapped_library(pid, trigger.target))
+        try:
+            return "/proc/{}/root{}".format(
+                pid, find_mapped_library(pid, trigger.target))
+        except Fatal as err:
+            err.args = ("trigger '{}': {}".format(trigger.text, err),)
+            raise
     return "/proc/{}/exe".format(pid)
 
 
@@ -2138,10 +2222,11 @@ def verify_trigger(trigger, pid, tracefs):
     if trigger.kind == "tracepoint":
         if not os.path.isdir(os.path.join(tracefs, "events", trigger.target,
                                           trigger.name)):
-            raise Fatal("trigger '{}': there is no tracepoint {}:{}; see "
-                        "{}/available_events".format(
-                            trigger.text, trigger.target, trigger.name,
-                            tracefs), os.EX_CONFIG)
+            raise Fatal("trigger '{}': there is no tracepoint {}:{}; "
+                        "tracefs lists them under events/ (mount -t "
+                        "tracefs nodev /sys/kernel/tracing)".format(
+                            trigger.text, trigger.target, trigger.name),
+                        os.EX_CONFIG)
     elif trigger.kind in ("kprobe", "kretprobe"):
         if not kprobes_supported(tracefs):
             raise Fatal("trigger '{}': the running kernel does not support "
@@ -2161,9 +2246,11 @@ def verify_trigger(trigger, pid, tracefs):
             bcc.BPF._check_path_symbol(binary.encode(), trigger.name.encode(),
                                        None, -1)
         except Exception:
-            raise Fatal("trigger '{}': no symbol {} in {}".format(
-                trigger.text, trigger.name,
-                os.path.realpath(binary)), os.EX_CONFIG)
+            raise Fatal("trigger '{}': no symbol {} in {}; if the binary "
+                        "is stripped, install its debug symbols (for OVS: "
+                        "openvswitch-dbgsym or openvswitch-debuginfo)".format(
+                            trigger.text, trigger.name,
+                            os.path.realpath(binary)), os.EX_CONFIG)
     elif trigger.kind == "usdt":
         verify_usdt(pid, trigger)
 
@@ -2187,10 +2274,16 @@ def attach_triggers(bpf, triggers, pid):
                 bpf.attach_uretprobe(name=uprobe_binary(pid, trigger),
                                      sym=trigger.name, fn_name=fn_name,
                                      pid=pid)
-        except Exception as err:
-            raise Fatal("attaching the {} trigger '{}' failed: {}".format(
-                role, trigger.text, str(err).strip().splitlines()[-1]),
-                os.EX_OSERR)
+        except Exception:
+            raise AttachError(role, trigger)
+
+
+class AttachError(Exception):
+    """The kernel refused a trigger probe."""
+
+    def __init__(self, role, trigger):
+        super().__init__(role, trigger)
+        self.role, self.trigger = role, trigger
 
 
 def usdt_contexts(triggers, pid):
@@ -2219,17 +2312,22 @@ class Session:
         self.bpf = None
 
     def close(self):
-        if self.bpf is not None:
-            try:
+        # A second Ctrl-C must not cut the teardown short.
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.bpf is not None:
                 self.bpf.cleanup()
-            finally:
                 self.bpf = None
-        if self.tree:
-            shutil.rmtree(self.tree, ignore_errors=True)
-            self.tree = None
-        if self.mounted:
-            quiet_run(["umount", self.mounted])
-            self.mounted = None
+            if self.tree:
+                shutil.rmtree(self.tree, ignore_errors=True)
+                self.tree = None
+            if self.mounted:
+                quiet_run(["umount", self.mounted])
+                self.mounted = None
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
     def open(self, args, source, triggers):
         """Compile, load and attach; returns a Probes."""
@@ -2237,21 +2335,37 @@ class Session:
         if bcc is not None:
             bcc.TRACEFS = tracefs_path()
         if args.layout.source == "btf" and not headers_available():
-            self.tree = make_include_tree()
+            self.tree = new_tree_dir()
+            make_include_tree(self.tree)
             os.environ["BCC_KERNEL_SOURCE"] = self.tree
         for _, trigger in triggers:
             verify_trigger(trigger, args.pid, tracefs_path())
-        contexts = usdt_contexts(triggers, args.pid)
-        try:
-            self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
-                               debug=args.debug)
-        except Exception as err:
-            raise Fatal("loading the eBPF program failed ({}); it needs BPF "
-                        "ring buffers (Linux 5.8, RHEL 8.4); rerun with -D "
-                        "to see the compiler output".format(
-                            str(err).strip().splitlines()[-1]),
-                        os.EX_SOFTWARE)
-        attach_triggers(self.bpf, triggers, args.pid)
+        with CapturedStderr(args.debug) as errors:
+            contexts = usdt_contexts(triggers, args.pid)
+            try:
+                self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
+                                   debug=args.debug)
+            except Exception as err:
+                failure = str(err).strip().splitlines()[-1]
+            else:
+                failure = None
+        if failure:
+            raise Fatal("loading the eBPF program failed: {}; it needs Linux "
+                        "5.8 or RHEL 8.4 (BPF ring buffers); rerun with -D "
+                        "to see the compiler's output".format(
+                            errors.last_line(failure)), os.EX_SOFTWARE)
+        with CapturedStderr(args.debug) as errors:
+            try:
+                attach_triggers(self.bpf, triggers, args.pid)
+            except AttachError as err:
+                failure = err
+        if failure:
+            raise Fatal("the kernel refused the {} trigger '{}' ({}); choose "
+                        "another event (ftrace:* tracepoints, for one, take "
+                        "no eBPF programs)".format(
+                            failure.role, failure.trigger.text,
+                            errors.last_line("no reason given")),
+                        os.EX_OSERR)
         return Probes(self.bpf, args.pid)
 
 
@@ -2289,7 +2403,11 @@ def build_parser():
         epilog=EXAMPLES)
     parser.add_argument("-p", "--pid", type=positive_int, metavar="PID",
                         help="process to monitor, default: the single "
-                             "running ovs-vswitchd")
+                             "running --process-name process")
+    parser.add_argument("--process-name", default=DEFAULT_PROCESS,
+                        metavar="NAME",
+                        help="process to look for without --pid, default "
+                             "ovs-vswitchd")
     parser.add_argument("--sample-time", type=positive_seconds, default=0.5,
                         metavar="SECONDS",
                         help="length of a window, default 0.5")
@@ -2308,13 +2426,17 @@ def build_parser():
                         const=0, default=0, metavar="DURATION_NS",
                         help="skip (and do not count) triggered windows "
                              "shorter than DURATION_NS, default 0")
-    parser.add_argument("--buffer-page-count", type=positive_int,
+    parser.add_argument("--buffer-page-count",
+                        type=bounded(positive_int, MAX_PAGES),
                         default=1024, metavar="NUMBER",
                         help="ring buffer pages (rounded up to a power of "
-                             "two), default 1024")
-    parser.add_argument("--max-threads", type=positive_int, default=4096,
-                        metavar="THREADS",
-                        help="threads the tables hold, default 4096")
+                             "two), default 1024, at most {}".format(
+                                 MAX_PAGES))
+    parser.add_argument("--max-threads",
+                        type=bounded(positive_int, MAX_THREADS),
+                        default=4096, metavar="THREADS",
+                        help="threads the tables hold, default 4096, at "
+                             "most {}".format(MAX_THREADS))
     parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
@@ -2324,8 +2446,13 @@ def build_parser():
 
 
 def parse_args(argv):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.buffer_page_count = round_up_pow2(args.buffer_page_count)
+    if args.trigger_delta and not (args.start_trigger and
+                                   args.stop_trigger):
+        parser.error("--trigger-delta needs both --start-trigger and "
+                     "--stop-trigger")
     return args
 
 
@@ -2348,13 +2475,14 @@ def run(args, out):
                     "missing for {}; install python3-bpfcc (Debian/Ubuntu) "
                     "or python3-bcc (Fedora/RHEL)".format(sys.executable),
                     os.EX_OSFILE)
+    if not args.ebpf and in_child_pid_namespace():
+        raise Fatal("this runs in a PID namespace of its own, whose process "
+                    "IDs are not the kernel's; run the container with "
+                    "--pid=host", os.EX_UNAVAILABLE)
     if args.pid is None:
-        args.pid = 0 if args.ebpf else find_target_pid()
+        args.pid = 0 if args.ebpf else find_target_pid(args.process_name)
     elif not args.ebpf:
         check_pid(args.pid)
-    if not args.ebpf and in_child_pid_namespace():
-        raise Fatal("process IDs here are not the kernel's: " +
-                    PID_NAMESPACE_HINT, os.EX_UNAVAILABLE)
 
     table = syscall_table() if bcc is not None else {}
     poll_nrs = poll_syscalls(table)
@@ -2396,7 +2524,18 @@ def main(argv=None, out=None):
         sys.stderr.write("ERROR: {}\n".format(err))
         return err.code
     except KeyboardInterrupt:
+        # Before the first window (compiling, attaching).
+        out.write("# Interrupted\n")
         return os.EX_OK
+    except OutputError as err:
+        # Nothing more can go out there, not even Python's last flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(err.args[0], BrokenPipeError):
+            return os.EX_OK         # | head: the reader has enough
+        sys.stderr.write("ERROR: cannot write the report ({}); check where "
+                         "standard output goes\n".format(
+                             err.args[0].strerror))
+        return os.EX_IOERR
     finally:
         signal.signal(signal.SIGTERM, previous)
 

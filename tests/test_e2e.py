@@ -349,6 +349,43 @@ def test_sigterm_ends_a_window_cleanly_and_reports_it(workload_bin):
     assert leftovers() == []
 
 
+@pytest.mark.parametrize("delay", [0.3, 0.6])
+def test_signals_while_setting_up(workload_bin, delay):
+    """SIGTERM while the tool compiles and attaches, then an impatient
+    second Ctrl-C: a clean end all the same."""
+    with workload_ctl.Workload(workload_bin) as load:
+        proc = subprocess.Popen([SCRIPT, "-p", str(load.pid),
+                                 "--sample-time", "30"],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                universal_newlines=True)
+        RUN_PIDS.append(proc.pid)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.rstrip().endswith("# Interrupted")
+    assert err == ""
+    assert leftovers() == []
+
+
+def test_output_errors(workload_bin):
+    with workload_ctl.Workload(workload_bin) as load:
+        head = subprocess.run("{} -p {} --sample-time 0.3 | head -1".format(
+            SCRIPT, load.pid), shell=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        full = subprocess.run("{} -p {} --sample-time 0.3 >/dev/full".format(
+            SCRIPT, load.pid), shell=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    # A reader that stops early is no error.
+    assert head.stdout.startswith("# Start sampling @")
+    assert head.stderr == ""
+    one_error_line(full.returncode, full.stderr, os.EX_IOERR,
+                   "cannot write the report (No space left on device)")
+
+
 def test_runs_from_an_interpreter_without_bcc(workload_bin, tmp_path):
     """pyenv, conda and venv interpreters lack the distribution's bcc: the
     script moves itself to one that has it."""
@@ -402,22 +439,6 @@ def test_error_no_such_pid():
     assert out == ""
 
 
-def test_error_no_ovs_vswitchd():
-    code, out, err = run_tool(
-        [], cmd=["unshare", "--pid", "--fork", "--mount-proc",
-                 sys.executable, SCRIPT])
-    one_error_line(code, err, os.EX_NOINPUT, "no running ovs-vswitchd")
-    assert "--pid=host" in err      # this shell has a PID namespace
-
-
-def test_error_in_a_pid_namespace_of_its_own():
-    """A container without --pid=host sees PIDs the kernel does not use."""
-    code, out, err = run_tool(
-        ["-p", "1"], cmd=["unshare", "--pid", "--fork", "--mount-proc",
-                          sys.executable, SCRIPT])
-    one_error_line(code, err, os.EX_UNAVAILABLE, "--pid=host")
-
-
 def test_target_exit_ends_the_run(workload_bin):
     """The process exits inside a window that waits for a stop trigger:
     the window is reported and the run ends."""
@@ -436,15 +457,45 @@ def test_target_exit_ends_the_run(workload_bin):
     assert leftovers() == []
 
 
-def test_error_several_ovs_vswitchd(tmp_path):
-    fake = tmp_path / "ovs-vswitchd"
-    fake.symlink_to("/bin/sleep")
-    script = ("{0} 30 & a=$!; {0} 30 & b=$!; sleep 0.3; {1} {2}; code=$?; "
-              "kill $a $b; exit $code").format(fake, sys.executable, SCRIPT)
-    code, out, err = run_tool(
-        [], cmd=["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
-                 script])
+def test_error_no_such_process_name():
+    code, out, err = run_tool(["--process-name", "kd-no-such-process"])
+    one_error_line(code, err, os.EX_NOINPUT,
+                   "no running kd-no-such-process process")
+
+
+def test_error_in_a_pid_namespace_of_its_own():
+    """A container without --pid=host sees PIDs the kernel does not use;
+    with or without --pid, the tool says so first."""
+    for args in (["-p", "1"], []):
+        code, out, err = run_tool(
+            args, cmd=["unshare", "--pid", "--fork", "--mount-proc",
+                       sys.executable, SCRIPT])
+        one_error_line(code, err, os.EX_UNAVAILABLE, "--pid=host")
+
+
+def test_error_several_processes_of_that_name(tmp_path):
+    twin = tmp_path / "kd-twin"
+    twin.symlink_to("/bin/sleep")
+    sleepers = [subprocess.Popen([str(twin), "30"]) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        code, out, err = run_tool(["--process-name", "kd-twin"])
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
     one_error_line(code, err, os.EX_USAGE, "--pid")
+    assert ", ".join(str(pid) for pid in sorted(s.pid for s in sleepers)) \
+        in err
+
+
+def test_error_thread_id_instead_of_process_id(workload_bin):
+    with workload_ctl.Workload(workload_bin) as load:
+        tid = load.tids()["kd-poll"]
+        code, out, err = run_tool(["-p", str(tid)])
+    one_error_line(code, err, os.EX_USAGE,
+                   "{} is a thread of process {}; use -p {}".format(
+                       tid, load.pid, load.pid))
 
 
 def test_error_not_root():
