@@ -190,6 +190,29 @@ def test_start_and_stop_in_one_poll(load):
     assert "were not reported by the kernel" not in out
 
 
+def test_thread_busy_in_system_calls_for_the_whole_window(load):
+    """kd-burst makes getsid() calls without pause; the first opens a
+    20 ms window.  Whether or not it is ever switched out, the window
+    holds 20 ms of its time on a CPU."""
+    burst = threading.Thread(target=load.command, args=("burst 3000017",),
+                             kwargs={"timeout": 60})
+
+    def start_burst(_proc):
+        burst.start()
+
+    code, out, err = run_tool(["-p", str(load.pid), "--start-trigger",
+                               "t:syscalls:sys_enter_getsid",
+                               "--sample-time", "0.02"],
+                              on_waiting=start_burst)
+    burst.join()
+    assert code == 0, err
+    thread = report.parse(out)[0].threads["kd-burst"]
+    assert thread["SYSCALL"]["getsid"]["count"] > 1000
+    running = thread["THREAD RUN"]["total"]
+    waiting = (thread["THREAD READY"] or {}).get("total", 0)
+    assert 17 * MSEC <= running + waiting <= 22 * MSEC, out
+
+
 def test_ctrl_c_while_waiting_for_a_trigger(load):
     def interrupt(proc):
         proc.send_signal(signal.SIGINT)
