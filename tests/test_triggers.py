@@ -210,7 +210,9 @@ def test_thread_busy_in_system_calls_for_the_whole_window(load):
     assert thread["SYSCALL"]["getsid"]["count"] > 1000
     running = thread["THREAD RUN"]["total"]
     waiting = (thread["THREAD READY"] or {}).get("total", 0)
-    assert 17 * MSEC <= running + waiting <= 22 * MSEC, out
+    assert running + waiting <= 22 * MSEC, out
+    if not thread.get("LOST"):      # else periods are left out, and said so
+        assert running + waiting >= 17 * MSEC, out
 
 
 def test_ctrl_c_while_waiting_for_a_trigger(load):
