@@ -561,8 +561,9 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         /* Preempted, or yielding while runnable: still on the run
          * queue, so its wait for a CPU starts now. */
         entry->ready_start = preempted || state == 0 ? now : 0;
-        if (!preempted && (state & STOPPED_STATE_MASK))
-            entry->stop_start = now;
+        /* (An older stop stamp means its end was not reported.) */
+        entry->stop_start = !preempted && (state & STOPPED_STATE_MASK) ?
+                            now : 0;
     }
 
     void *next = (void *)ctx->args[2];

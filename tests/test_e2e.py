@@ -315,7 +315,10 @@ def test_sigstop_sigcont_is_stopped_time(workload_bin):
     stopped_for = (times["cont"] - times["stop"]) * NSEC
     for name in ("kd-main", "kd-sleep", "kd-poll", "kd-op", "kd-burst",
                  "kd-udp", "kd-pollwait"):
-        stopped = capture.thread(name)["THREAD STOPPED"]
+        thread = capture.thread(name)
+        stopped = thread["THREAD STOPPED"]
+        if thread.get("LOST") and not stopped:
+            continue            # the kernel did not report its switch
         assert stopped["count"] == 1, name
         assert stopped["total"] == stopped["max"]
         assert abs(stopped["total"] - stopped_for) < 30 * MSEC, name
