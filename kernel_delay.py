@@ -399,14 +399,14 @@ static __always_inline u64 kd_period_start(struct sched_t *entry, u64 stamp)
 }
 
 static __always_inline void kd_close_run(u32 tid, struct sched_t *entry,
-                                      u64 now)
+                                          u64 now)
 {
     struct acc_t zero = {};
     u64 start = kd_period_start(entry, entry->run_start);
 
     if (start && now >= start)
         kd_account(run_stats.lookup_or_try_init(&tid, &zero), now - start,
-                COUNTER_RUN_FULL);
+                   COUNTER_RUN_FULL);
     entry->run_start = 0;
     entry->switched = 1;
 }
@@ -584,10 +584,10 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     start = kd_period_start(entry, entry->ready_start);
     if (start && now >= start)
         kd_account(ready_stats.lookup_or_try_init(&tid, &zero), now - start,
-                COUNTER_READY_FULL);
+                   COUNTER_READY_FULL);
     if (entry->stop_start && now >= entry->stop_start)
         kd_account(stop_stats.lookup_or_try_init(&tid, &zero),
-                now - entry->stop_start, COUNTER_STOP_FULL);
+                   now - entry->stop_start, COUNTER_STOP_FULL);
     entry->ready_start = 0;
     entry->stop_start = 0;
     entry->run_start = now;
@@ -650,7 +650,7 @@ TRACEPOINT_PROBE(irq, irq_handler_exit)
 
         __builtin_memcpy(&key.name, start->name, sizeof(key.name));
         kd_account(hardirq_stats.lookup_or_try_init(&key, &zero),
-                bpf_ktime_get_ns() - start->ts, COUNTER_HARDIRQ_FULL);
+                   bpf_ktime_get_ns() - start->ts, COUNTER_HARDIRQ_FULL);
     }
     start->ts = 0;
     return 0;
@@ -695,7 +695,7 @@ RAW_TRACEPOINT_PROBE(softirq_exit)
         struct acc_t zero = {};
 
         kd_account(softirq_stats.lookup_or_try_init(&key, &zero),
-                bpf_ktime_get_ns() - start->ts, COUNTER_SOFTIRQ_FULL);
+                   bpf_ktime_get_ns() - start->ts, COUNTER_SOFTIRQ_FULL);
     }
     start->ts = 0;
     return 0;
