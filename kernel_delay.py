@@ -940,14 +940,9 @@ def bounded(kind, limit):
 
 def debug_flags(text):
     """argparse type: BCC debug flags, decimal or 0x hexadecimal."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError("'{}' is not an integer"
-                                         .format(text))
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
+    if re.match(r"0[xX][0-9a-fA-F]+\Z", text.strip()):
+        return int(text, 16)
+    return unsigned_int(text)
 
 
 def positive_int(text):
@@ -2219,7 +2214,8 @@ def uprobe_binary(pid, trigger):
 
 
 def verify_trigger(trigger, pid, tracefs):
-    """Check that trigger can be attached, before compiling anything."""
+    """Check that trigger can be attached, before compiling anything.
+    Returns the USDT context of a USDT trigger, else None."""
     if trigger.kind == "tracepoint":
         if not os.path.isdir(os.path.join(tracefs, "events", trigger.target,
                                           trigger.name)):
@@ -2253,7 +2249,8 @@ def verify_trigger(trigger, pid, tracefs):
                             trigger.text, trigger.name,
                             os.path.realpath(binary)), os.EX_CONFIG)
     elif trigger.kind == "usdt":
-        verify_usdt(pid, trigger)
+        return verify_usdt(pid, trigger)
+    return None
 
 
 def attach_triggers(bpf, triggers, pid):
@@ -2287,12 +2284,12 @@ class AttachError(Exception):
         self.role, self.trigger = role, trigger
 
 
-def usdt_contexts(triggers, pid):
+def usdt_contexts(triggers, verified):
+    """Enable the USDT triggers on the contexts verify_trigger() made."""
     contexts = []
-    for role, trigger in triggers:
-        if trigger.kind != "usdt":
+    for (role, trigger), usdt in zip(triggers, verified):
+        if usdt is None:
             continue
-        usdt = verify_usdt(pid, trigger)
         try:
             usdt.enable_probe(probe="{}:{}".format(trigger.target,
                                                    trigger.name),
@@ -2339,10 +2336,10 @@ class Session:
             self.tree = new_tree_dir()
             make_include_tree(self.tree)
             os.environ["BCC_KERNEL_SOURCE"] = self.tree
-        for _, trigger in triggers:
-            verify_trigger(trigger, args.pid, tracefs_path())
+        verified = [verify_trigger(trigger, args.pid, tracefs_path())
+                    for _, trigger in triggers]
         with CapturedStderr(args.debug) as errors:
-            contexts = usdt_contexts(triggers, args.pid)
+            contexts = usdt_contexts(triggers, verified)
             try:
                 self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
                                    debug=args.debug)
