@@ -28,6 +28,13 @@
  *   udp N      -> ok udp N      (kd-udp sent/received N datagrams)
  *   short N    -> ok short N TID (a new thread kd-short did N getpgid()
  *                 syscalls and exited)
+ *   getppid N  -> ok getppid N NS  (kd-main made N getppid() syscalls in
+ *                 NS ns, CLOCK_MONOTONIC)
+ *   pingpong N CPU -> ok pingpong N NS  (two new threads kd-ping and
+ *                 kd-pong, pinned to CPU, did N round trips of one byte
+ *                 over two pipes in NS ns; both then exit)
+ *   crowd N    -> ok crowd N  (N more threads kd-cNNNNN, each making 12
+ *                 distinct system calls every 250 ms until the end)
  *   quit       -> bye, then exit(0); EOF on stdin also exits with 0
  *   other      -> error unknown command
  */
@@ -45,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sdt.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -355,6 +363,189 @@ static void reply(const char *fmt, ...)
 	fflush(stdout);
 }
 
+/* ---- Benchmark commands (tests/bench.py) ---------------------------- */
+
+static long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);	/* vDSO: no system call */
+	return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+struct pingpong {
+	int to_pong[2], to_ping[2];
+	long n;
+};
+
+static void *pong_thread(void *arg)
+{
+	struct pingpong *pp = arg;
+	char c;
+
+	pthread_setname_np(pthread_self(), "kd-pong");
+	for (long i = 0; i < pp->n; i++) {
+		if (read(pp->to_pong[0], &c, 1) != 1 ||
+		    write(pp->to_ping[1], &c, 1) != 1)
+			break;
+	}
+	return NULL;
+}
+
+struct ping_result {
+	struct pingpong *pp;
+	long ns;
+};
+
+static void *ping_thread(void *arg)
+{
+	struct ping_result *res = arg;
+	struct pingpong *pp = res->pp;
+	long start;
+	char c = 'k';
+
+	pthread_setname_np(pthread_self(), "kd-ping");
+	start = now_ns();
+	for (long i = 0; i < pp->n; i++) {
+		if (write(pp->to_pong[1], &c, 1) != 1 ||
+		    read(pp->to_ping[0], &c, 1) != 1) {
+			res->ns = -1;
+			return NULL;
+		}
+	}
+	res->ns = now_ns() - start;
+	return NULL;
+}
+
+/* Two threads on one CPU: every round trip is two wakeups and two
+ * context switches. */
+static long pingpong_run(long n, int cpu)
+{
+	struct pingpong pp = { .n = n };
+	struct ping_result res = { .pp = &pp, .ns = -1 };
+	pthread_attr_t attr;
+	pthread_t ping, pong;
+	cpu_set_t set;
+
+	if (pipe(pp.to_pong) < 0 || pipe(pp.to_ping) < 0)
+		die("pipe", errno);
+	pthread_attr_init(&attr);
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (pthread_attr_setaffinity_np(&attr, sizeof(set), &set) ||
+	    pthread_create(&pong, &attr, pong_thread, &pp))
+		die("pingpong thread", EINVAL);
+	if (pthread_create(&ping, &attr, ping_thread, &res))
+		die("pingpong thread", EINVAL);
+	pthread_attr_destroy(&attr);
+	pthread_join(ping, NULL);
+	if (res.ns < 0)		/* let kd-pong's read() end */
+		close(pp.to_pong[1]);
+	pthread_join(pong, NULL);
+	for (int i = 0; i < 2; i++) {
+		close(pp.to_pong[i]);
+		close(pp.to_ping[i]);
+	}
+	return res.ns;
+}
+
+/* A crowd thread: a dozen distinct system calls, then a 250 ms sleep. */
+static void *crowd_thread(void *arg)
+{
+	char name[16];
+	struct rusage ru;
+
+	snprintf(name, sizeof(name), "kd-c%05ld", (long)arg);
+	pthread_setname_np(pthread_self(), name);
+	for (;;) {
+		syscall(SYS_getpid);
+		syscall(SYS_getppid);
+		syscall(SYS_getuid);
+		syscall(SYS_geteuid);
+		syscall(SYS_getgid);
+		syscall(SYS_getegid);
+		syscall(SYS_getpgid, 0);
+		syscall(SYS_getsid, 0);
+		syscall(SYS_gettid);
+		syscall(SYS_getpriority, PRIO_PROCESS, 0);
+		syscall(SYS_getrusage, RUSAGE_THREAD, &ru);
+		syscall(SYS_sched_getscheduler, 0);
+		sleep_ms(250);
+	}
+	return NULL;
+}
+
+static long crowd_size;
+
+static int crowd_add(long n)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int err = 0;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 64 * 1024);
+	for (long i = 0; i < n && !err; i++) {
+		err = pthread_create(&t, &attr, crowd_thread,
+				     (void *)(crowd_size));
+		if (!err) {
+			pthread_detach(t);
+			crowd_size++;
+		}
+	}
+	pthread_attr_destroy(&attr);
+	return err;
+}
+
+/* The benchmark commands; returns 0 when line is none of them. */
+static int bench_command(const char *line)
+{
+	long n;
+
+	if (strncmp(line, "getppid ", 8) == 0) {
+		long start;
+
+		n = parse_count(line + 8);
+		if (n < 0) {
+			reply("error bad argument");
+			return 1;
+		}
+		start = now_ns();
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getppid);
+		reply("ok getppid %ld %ld", n, now_ns() - start);
+	} else if (strncmp(line, "pingpong ", 9) == 0) {
+		char count[32];
+		int cpu;
+		long ns;
+
+		if (sscanf(line + 9, "%31s %d", count, &cpu) != 2 ||
+		    (n = parse_count(count)) < 0 || cpu < 0 ||
+		    cpu >= CPU_SETSIZE) {
+			reply("error bad argument");
+			return 1;
+		}
+		ns = pingpong_run(n, cpu);
+		if (ns < 0)
+			reply("error pingpong failed");
+		else
+			reply("ok pingpong %ld %ld", n, ns);
+	} else if (strncmp(line, "crowd ", 6) == 0) {
+		int err;
+
+		n = parse_count(line + 6);
+		if (n < 0)
+			reply("error bad argument");
+		else if ((err = crowd_add(n)))
+			reply("error crowd %s", strerror(err));
+		else
+			reply("ok crowd %ld", n);
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
 static void handle(char *line)
 {
 	long n;
@@ -402,6 +593,8 @@ static void handle(char *line)
 			else
 				reply("ok udp %ld", n);
 		}
+	} else if (bench_command(line)) {
+		/* answered */
 	} else {
 		reply("error unknown command");
 	}
