@@ -7,12 +7,14 @@ PYTHON ?= /usr/bin/python3
 FLAKE8 ?= $(PYTHON) -m flake8
 PYTEST_ARGS ?=
 
+# python3-jsonschema: the tests validate --format json against its schema;
+# the tool does not need it.
 DEB_PACKAGES = python3-bpfcc bpfcc-tools python3-psutil \
-	python3-pytest flake8 gcc libc6-dev linux-libc-dev systemtap-sdt-dev \
-	openvswitch-switch util-linux
+	python3-pytest python3-jsonschema flake8 gcc libc6-dev linux-libc-dev \
+	systemtap-sdt-dev openvswitch-switch util-linux
 RPM_PACKAGES = python3-bcc bcc-tools python3-psutil \
-	python3-pytest python3-flake8 gcc glibc-devel kernel-headers \
-	systemtap-sdt-devel openvswitch util-linux
+	python3-pytest python3-jsonschema python3-flake8 gcc glibc-devel \
+	kernel-headers systemtap-sdt-devel openvswitch util-linux
 
 .PHONY: all deps check test lint demo bench
 
@@ -36,7 +38,8 @@ deps:
 	    if [ -n "$$missing" ]; then dnf install -y $$missing; fi; \
 	else \
 	    echo "ERROR: no apt-get or dnf; install by hand: bcc (python)," \
-	         "psutil, pytest, flake8, gcc, sys/sdt.h, openvswitch" >&2; \
+	         "psutil, pytest, jsonschema, flake8, gcc, sys/sdt.h," \
+	         "openvswitch" >&2; \
 	    exit 1; \
 	fi
 

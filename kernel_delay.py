@@ -33,9 +33,11 @@ Documentation: kernel_delay.rst next to this file.
 import argparse
 import datetime
 import enum
+import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -46,6 +48,8 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
+
+__version__ = "1.0"
 
 try:
     import bcc
@@ -906,12 +910,49 @@ class Window:
     """One sample window as seen by the sampling loop."""
     start_ts: Optional[int] = None    # trigger timestamps (CLOCK_MONOTONIC)
     stop_ts: Optional[int] = None
+    # Where the window really opened and closed (CLOCK_MONOTONIC ns), and
+    # the wall clock of the report lines that said so.
+    open_ns: Optional[int] = None
+    close_ns: Optional[int] = None
+    opened: Optional[datetime.datetime] = None
+    closed: Optional[datetime.datetime] = None
+    dumped: Optional[datetime.datetime] = None
+    # Why it closed: "time", "trigger", "interrupted" or "process exited".
+    end: str = "time"
 
     @property
     def delta(self):
         if self.start_ts is None or self.stop_ts is None:
             return None
         return self.stop_ts - self.start_ts
+
+
+@dataclass
+class Header:
+    """What makes a report stand alone: tool, host and target process."""
+    command: tuple                      # argv, program name first
+    host: str
+    kernel: str                         # uname -r
+    machine: str                        # uname -m
+    cpus: int
+    load: tuple                         # 1, 5 and 15 minute load averages
+    pid: int
+    name: str                           # the target's comm
+    exe: Optional[str] = None
+    started: Optional[datetime.datetime] = None
+    version: Optional[str] = None       # of an OVS or OVN daemon
+    version_error: Optional[str] = None     # why version is missing
+    tool_version: str = __version__
+
+
+@dataclass
+class Sample:
+    """One reported window: everything both report formats show."""
+    number: int                         # 1 for the first reported window
+    window: Window
+    threads: Dict[int, ThreadStats]
+    quiet: list = field(default_factory=list)   # (tid, name, where)
+    losses: Dict[str, int] = field(default_factory=dict)   # in the window
 
 
 # ---- Pure functions: arguments and triggers ---------------------------------
@@ -1531,6 +1572,18 @@ def wrap_items(head, items, width=79, indent="#   "):
 
 def format_warnings(counters, sample_count):
     """End-of-run warnings for non-zero loss counters, wrapped at 79."""
+    lines = []
+    for text in warning_texts(counters, sample_count):
+        lines += textwrap.wrap(text, width=79,
+                               initial_indent="# WARNING: ",
+                               subsequent_indent="#          ",
+                               break_on_hyphens=False,
+                               break_long_words=False)
+    return lines
+
+
+def warning_texts(counters, sample_count):
+    """One sentence per non-zero loss counter."""
     # (singular, plural) of each message; {} is the count.
     fixes = {
         Counter.RINGBUF_FULL: (
@@ -1545,7 +1598,7 @@ def format_warnings(counters, sample_count):
             " by the kernel (a thread switched out without being seen "
             "switching in): the periods around {them} are left out."),
     }
-    lines = []
+    texts = []
     for counter in Counter:
         value = counters.get(counter, 0)
         if not value:
@@ -1562,12 +1615,8 @@ def format_warnings(counters, sample_count):
                     "data is missing; increase --max-threads.".format(
                         value, "" if value == 1 else "s",
                         COUNTER_TABLES[counter]))
-        lines += textwrap.wrap(text, width=79,
-                               initial_indent="# WARNING: ",
-                               subsequent_indent="#          ",
-                               break_on_hyphens=False,
-                               break_long_words=False)
-    return lines
+        texts.append(text)
+    return texts
 
 
 def collect_threads(rows):
@@ -1629,6 +1678,415 @@ def pick_target(candidates, name=DEFAULT_PROCESS):
                                    ", ".join(map(str, pids))),
                     os.EX_USAGE)
     return pids[0]
+
+
+# ---- Pure functions: report header and JSON ---------------------------------
+
+def printable(raw):
+    """Text from the kernel or the command line (any bytes) made safe to
+    print on one line: invalid UTF-8 (str decoded with surrogateescape),
+    control characters (terminal escape sequences, newlines) and
+    backslashes become backslash escapes."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:      # a surrogate no decoder made
+            raw = raw.encode("utf-8", "surrogatepass")
+    out = []
+    for char in raw.decode("utf-8", "surrogateescape"):
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isprintable() or char == " ":
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append("\\x{:02x}".format(ord(char)))
+        elif 0xdc80 <= ord(char) <= 0xdcff:     # a byte of invalid UTF-8
+            out.append("\\x{:02x}".format(ord(char) - 0xdc00))
+        else:
+            out.append("\\u{:04x}".format(ord(char)))
+    return "".join(out)
+
+
+def iso_time(when):
+    """An aware datetime in ISO 8601 with its UTC offset, or None."""
+    if when is None:
+        return None
+    return when.isoformat(timespec="microseconds")
+
+
+def format_header(header):
+    """The first lines of a text report: tool, command line, host, target."""
+    lines = [
+        "# kernel_delay {}: {}".format(
+            header.tool_version,
+            " ".join(shlex.quote(printable(arg)) for arg in header.command)),
+        "# Host {}: Linux {} ({}), {} CPU{}, load average {}".format(
+            printable(header.host), printable(header.kernel),
+            header.machine, header.cpus, "s" if header.cpus != 1 else "",
+            " ".join("{:.2f}".format(load) for load in header.load)),
+        "# Process {}, PID {}{}".format(
+            printable(header.name), header.pid,
+            ": " + printable(header.exe) if header.exe else "")]
+    if header.started is not None:
+        lines.append(timestamp_line("# Process started", header.started))
+    if header.version is not None:
+        lines.append("# Version: " + printable(header.version))
+    elif header.version_error is not None:
+        lines.append("# Version: unknown ({})".format(
+            printable(header.version_error)))
+    return lines
+
+
+# Version of the JSON documents (--format json).  Adding a field keeps it;
+# removing or changing the meaning of one increases it.
+SCHEMA_VERSION = 1
+
+
+def by_total(mapping):
+    """Items of {key: Acc} in report order: largest total first."""
+    return sorted(mapping.items(), key=lambda item: (-item[1].total, item[0]))
+
+
+def acc_json(acc, average=False):
+    if acc is None:
+        return None
+    doc = {"count": acc.count, "total_ns": acc.total, "min_ns": acc.min,
+           "max_ns": acc.max}
+    if average:
+        doc["average_ns"] = acc.average
+    return doc
+
+
+def total_json(accs):
+    return {"count": sum(acc.count for acc in accs),
+            "total_ns": sum(acc.total for acc in accs)}
+
+
+def thread_json(stats, syscall_names, poll_nrs):
+    """One thread of a sample document: the numbers of its text block."""
+    syscalls = []
+    for nr, acc in by_total(stats.syscalls):
+        syscalls.append(dict({"nr": nr, "name": syscall_names.get(nr),
+                              "poll": nr in poll_nrs}, **acc_json(acc)))
+    return {
+        "tid": stats.tid,
+        "name": stats.name,
+        "syscalls": syscalls,
+        "syscall_total": total_json([acc for nr, acc in stats.syscalls.items()
+                                     if nr not in poll_nrs]),
+        "poll_gaps": acc_json(stats.poll, average=True),
+        "run": acc_json(stats.run),
+        "ready": acc_json(stats.ready),
+        "stopped": acc_json(stats.stopped),
+        "unreported_switches": stats.lost,
+        "hardirqs": [dict({"name": name}, **acc_json(acc))
+                     for name, acc in by_total(stats.hardirqs)],
+        "hardirq_total": total_json(stats.hardirqs.values()),
+        "softirqs": [dict({"vector": vec, "name": softirq_name(vec)},
+                          **acc_json(acc))
+                     for vec, acc in by_total(stats.softirqs)],
+        "softirq_total": total_json(stats.softirqs.values()),
+    }
+
+
+def window_json(window):
+    duration = None
+    if window.open_ns is not None and window.close_ns is not None:
+        duration = window.close_ns - window.open_ns
+    return {"start_ns": window.open_ns, "end_ns": window.close_ns,
+            "duration_ns": duration,
+            "start_time": iso_time(window.opened),
+            "end_time": iso_time(window.closed),
+            "dump_time": iso_time(window.dumped),
+            "end": window.end,
+            "start_trigger_ns": window.start_ts,
+            "stop_trigger_ns": window.stop_ts,
+            "trigger_delta_ns": window.delta}
+
+
+def options_json(args):
+    """The options that shape the windows."""
+    return {"sample_time_s": args.sample_time,
+            "sample_count": args.sample_count,
+            "sample_interval_s": args.sample_interval,
+            "start_trigger": (args.start_trigger.text
+                              if args.start_trigger else None),
+            "stop_trigger": (args.stop_trigger.text
+                             if args.stop_trigger else None),
+            "trigger_delta_ns": args.trigger_delta}
+
+
+def document(kind, header, options):
+    """The fields every document has: it stands alone."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "type": kind,
+        "tool": {"name": "kernel_delay", "version": header.tool_version,
+                 "command": list(header.command)},
+        "host": {"name": header.host, "kernel": header.kernel,
+                 "machine": header.machine, "cpus": header.cpus,
+                 "load_average": list(header.load)},
+        "target": {"pid": header.pid, "name": header.name,
+                   "exe": header.exe,
+                   "start_time": iso_time(header.started),
+                   "version": header.version,
+                   "version_error": header.version_error},
+        "options": options,
+    }
+
+
+def losses_json(counters):
+    """Loss counters by name (Counter members in lower case)."""
+    return {Counter(counter).name.lower(): int(value)
+            for counter, value in sorted(counters.items())}
+
+
+def sample_document(sample, header, options, syscall_names, poll_nrs):
+    """The JSON document of one reported window."""
+    doc = document("sample", header, options)
+    ordered = sorted(sample.threads.values(), key=lambda t: (t.name, t.tid))
+    doc.update({
+        "sample": sample.number,
+        "window": window_json(sample.window),
+        "threads": [thread_json(stats, syscall_names, poll_nrs)
+                    for stats in ordered],
+        "quiet_threads": [{"tid": tid, "name": name, "where": where or None}
+                          for tid, name, where in
+                          sorted(sample.quiet,
+                                 key=lambda item: (item[1], item[0]))],
+        "losses": losses_json(sample.losses),
+    })
+    return doc
+
+
+def skipped_document(window, header, options):
+    """The JSON document of a window shorter than --trigger-delta."""
+    doc = document("skipped", header, options)
+    doc["window"] = window_json(window)
+    return doc
+
+
+def end_document(header, options, counters, samples, skipped, end):
+    """The last document of a run: how it ended, and what was lost."""
+    doc = document("end", header, options)
+    doc.update({"end": end, "samples": samples, "skipped": skipped,
+                "losses": losses_json(counters),
+                "warnings": warning_texts(counters, options["sample_count"])})
+    return doc
+
+
+def _object(properties, description=None, nullable=False):
+    """A JSON Schema object with exactly these properties, all required."""
+    schema = {"type": ["object", "null"] if nullable else "object",
+              "properties": properties,
+              "required": sorted(properties),
+              "additionalProperties": False}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _json_schema():
+    """The JSON Schema (draft-07) of the --format json documents."""
+    def integer(description, nullable=False):
+        return {"type": ["integer", "null"] if nullable else "integer",
+                "minimum": 0, "description": description}
+
+    def text(description, nullable=False):
+        return {"type": ["string", "null"] if nullable else "string",
+                "description": description}
+
+    def time_of(description):
+        return {"type": ["string", "null"], "format": "date-time",
+                "description": description + " (ISO 8601, local time with "
+                                             "its UTC offset)"}
+
+    def acc(what, average=False):
+        properties = {"count": integer("number of " + what),
+                      "total_ns": integer("their total length"),
+                      "min_ns": integer("the shortest"),
+                      "max_ns": integer("the longest")}
+        if average:
+            properties["average_ns"] = integer("total_ns / count, rounded "
+                                               "down")
+        return _object(properties, what + "; null when there were none",
+                       nullable=True)
+
+    def total(what):
+        return _object({"count": integer("number of " + what),
+                        "total_ns": integer("their total length")},
+                       "the TOTAL line of the section (" + what + ")")
+
+    def entries(what, keys):
+        properties = dict(keys)
+        properties.update({"count": integer("number of " + what),
+                           "total_ns": integer("their total length"),
+                           "min_ns": integer("the shortest"),
+                           "max_ns": integer("the longest")})
+        return {"type": "array", "items": _object(properties),
+                "description": what + ", largest total_ns first"}
+
+    thread = _object({
+        "tid": integer("thread ID"),
+        "name": text("thread name (comm)"),
+        "syscalls": entries("system calls", {
+            "nr": integer("system call number"),
+            "name": text("its name, null when unknown", nullable=True),
+            "poll": {"type": "boolean",
+                     "description": "poll() or ppoll(): left out of "
+                                    "syscall_total"}}),
+        "syscall_total": total("system calls but poll() and ppoll(): "
+                               "TOTAL( - poll)"),
+        "poll_gaps": acc("gaps between the end of a poll() and the start "
+                         "of the next (LONG POLL STATISTICS)", average=True),
+        "run": acc("periods on a CPU (THREAD RUN STATISTICS)"),
+        "ready": acc("periods waiting for a CPU (THREAD READY STATISTICS)"),
+        "stopped": acc("stops by a signal or ptrace (THREAD STOPPED "
+                       "STATISTICS)"),
+        "unreported_switches": integer("context switches the kernel did "
+                                       "not report: run and ready periods "
+                                       "around them are left out"),
+        "hardirqs": entries("hard interrupts, by handler name", {
+            "name": text("handler name")}),
+        "hardirq_total": total("hard interrupts"),
+        "softirqs": entries("soft interrupts, by vector", {
+            "vector": integer("vector number"),
+            "name": text("vector name")}),
+        "softirq_total": total("soft interrupts"),
+    }, "one thread that recorded something in the window")
+
+    window = _object({
+        "start_ns": integer("CLOCK_MONOTONIC instant the window opened",
+                            nullable=True),
+        "end_ns": integer("CLOCK_MONOTONIC instant it closed",
+                          nullable=True),
+        "duration_ns": integer("end_ns - start_ns", nullable=True),
+        "start_time": time_of("wall clock when it opened"),
+        "end_time": time_of("wall clock when it closed"),
+        "dump_time": time_of("wall clock when it was reported"),
+        "end": {"enum": ["time", "trigger", "interrupted", "process exited"],
+                "description": "what closed the window"},
+        "start_trigger_ns": integer("CLOCK_MONOTONIC instant of the start "
+                                    "trigger", nullable=True),
+        "stop_trigger_ns": integer("CLOCK_MONOTONIC instant of the stop "
+                                   "trigger", nullable=True),
+        "trigger_delta_ns": integer("stop_trigger_ns - start_trigger_ns, "
+                                    "with both triggers", nullable=True),
+    }, "the window")
+
+    common = {
+        "schema_version": {"const": SCHEMA_VERSION,
+                           "description": "version of this schema"},
+        "tool": _object({
+            "name": {"const": "kernel_delay"},
+            "version": text("version of kernel_delay.py"),
+            "command": {"type": "array", "items": {"type": "string"},
+                        "description": "the command line"}}),
+        "host": _object({
+            "name": text("host name"),
+            "kernel": text("kernel release (uname -r)"),
+            "machine": text("hardware name (uname -m)"),
+            "cpus": integer("number of CPUs"),
+            "load_average": {"type": "array", "items": {"type": "number"},
+                             "minItems": 3, "maxItems": 3,
+                             "description": "1, 5 and 15 minute load "
+                                            "averages when the run "
+                                            "started"}}),
+        "target": _object({
+            "pid": integer("process ID"),
+            "name": text("process name (comm)"),
+            "exe": text("its executable", nullable=True),
+            "start_time": time_of("when the process started"),
+            "version": text("--version of an OVS or OVN daemon",
+                            nullable=True),
+            "version_error": text("why version is missing, when it was "
+                                  "looked for", nullable=True)}),
+        "options": _object({
+            "sample_time_s": {"type": "number"},
+            "sample_count": integer("--sample-count"),
+            "sample_interval_s": {"type": "number"},
+            "start_trigger": text("--start-trigger", nullable=True),
+            "stop_trigger": text("--stop-trigger", nullable=True),
+            "trigger_delta_ns": integer("--trigger-delta")}),
+    }
+    losses = {"type": "object",
+              "additionalProperties": {"type": "integer", "minimum": 0},
+              "propertyNames": {"enum": [counter.name.lower()
+                                         for counter in Counter]},
+              "description": "loss counters (the end-of-run warnings)"}
+
+    def doc(kind, description, **properties):
+        merged = dict(common)
+        merged["type"] = {"const": kind}
+        merged.update(properties)
+        return _object(merged, description)
+
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": "urn:kernel_delay:schema:{}".format(SCHEMA_VERSION),
+        "title": "kernel_delay.py --format json",
+        "description": "One document per line (JSON Lines): a 'sample' for "
+                       "each reported window, a 'skipped' for each window "
+                       "shorter than --trigger-delta, and an 'end' last.",
+        "oneOf": [
+            doc("sample", "one reported window",
+                sample=integer("1 for the first reported window"),
+                window=window,
+                threads={"type": "array", "items": thread,
+                         "description": "sorted by name, then tid"},
+                quiet_threads={
+                    "type": "array",
+                    "items": _object({
+                        "tid": integer("thread ID"),
+                        "name": text("thread name"),
+                        "where": text("'in NAME' (blocked in that system "
+                                      "call) or 'running', when known",
+                                      nullable=True)}),
+                    "description": "live threads that recorded nothing: "
+                                   "blocked or on a CPU for the whole "
+                                   "window"},
+                losses=dict(losses, description="loss counters that grew "
+                                                "during this window")),
+            doc("skipped", "a window shorter than --trigger-delta",
+                window=window),
+            doc("end", "the end of the run",
+                end={"enum": ["completed", "interrupted", "process exited"],
+                     "description": "how the run ended"},
+                samples=integer("windows reported"),
+                skipped=integer("windows skipped"),
+                losses=dict(losses, description="loss counters of the "
+                                                "whole run"),
+                warnings={"type": "array", "items": {"type": "string"},
+                          "description": "the end-of-run warnings, one "
+                                         "sentence each"}),
+        ],
+    }
+
+
+JSON_SCHEMA = _json_schema()
+
+
+def json_clean(value):
+    """value with every string valid Unicode: bytes that were not UTF-8
+    (surrogateescape) become \\xNN escapes, as in the text report."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join(printable(char) if 0xd800 <= ord(char) <= 0xdfff
+                           else char for char in value)
+        return value
+    if isinstance(value, dict):
+        return {key: json_clean(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_clean(item) for item in value]
+    return value
+
+
+def json_line(doc):
+    """One line of JSON Lines, pure ASCII."""
+    return json.dumps(json_clean(doc), ensure_ascii=True, allow_nan=False,
+                      separators=(",", ":"))
 
 
 # ---- I/O adapters: /proc, tracefs, BTF, headers -----------------------------
@@ -1821,6 +2279,108 @@ def thread_whereabouts(pid, tid, syscall_names):
     if first.isdigit():
         return "in " + syscall_names.get(int(first), "syscall " + first)
     return ""
+
+
+# OVS and OVN daemons whose --version the report header shows.
+VERSIONED_DAEMONS = ("ovs-vswitchd", "ovsdb-server", "ovn-controller",
+                     "ovn-northd")
+VERSION_TIMEOUT = 3     # seconds
+
+
+def read_text(path):
+    """A /proc file as text; bytes that are not UTF-8 stay recoverable
+    (surrogateescape), or None."""
+    try:
+        with open(path, "rb") as data:
+            return data.read().decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+def process_start(stat_text, proc_stat_text, hz):
+    """When a process started, in seconds since the epoch, from its
+    /proc/PID/stat (field 22: clock ticks after boot) and /proc/stat
+    (btime: boot time)."""
+    ticks = int(stat_text.rsplit(")", 1)[1].split()[19])
+    boot = int(re.search(r"^btime\s+(\d+)", proc_stat_text, re.M).group(1))
+    return boot + ticks / hz
+
+
+def version_lines(output):
+    """The version part of a daemon's --version output (OVN daemons add
+    OpenFlow and schema versions)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return "; ".join(lines[:1] + [line for line in lines[1:]
+                                  if "Open vSwitch" in line])
+
+
+def daemon_version(pid, name, run=subprocess.run):
+    """(version, None) of an OVS or OVN daemon, (None, why) when it cannot
+    be told, (None, None) for other processes.  Asks the executable the
+    process runs (/proc/PID/exe --version), then, for ovs-vswitchd, the
+    daemon itself (ovs-appctl version); each under a timeout."""
+    if name not in VERSIONED_DAEMONS:
+        return None, None
+    # argv[0] is the name: OVS prints it in the version line.
+    attempts = [([name, "--version"], "/proc/{}/exe".format(pid))]
+    appctl = shutil.which("ovs-appctl")
+    if appctl and name == "ovs-vswitchd":
+        for rundir in ("/var/run/openvswitch", "/run/openvswitch"):
+            control = "/proc/{}/root{}/ovs-vswitchd.{}.ctl".format(
+                pid, rundir, pid)
+            if os.path.exists(control):
+                attempts.append(([appctl, "--timeout={}".format(
+                    VERSION_TIMEOUT), "-t", control, "version"], appctl))
+                break
+    errors = []
+    for command, executable in attempts:
+        what = " ".join(command) if command[0] == name else \
+            "ovs-appctl version"
+        try:
+            result = run(command, executable=executable,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=VERSION_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            errors.append("{}: no answer within {} s".format(
+                what, VERSION_TIMEOUT))
+            continue
+        except OSError as err:
+            errors.append("{}: {}".format(what, err.strerror))
+            continue
+        version = version_lines(result.stdout.decode("utf-8", "replace"))
+        if result.returncode == 0 and version:
+            return version, None
+        reason = result.stderr.decode("utf-8", "replace").strip()
+        errors.append("{}: {}".format(what, reason.splitlines()[-1] if reason
+                                      else "exit code {}".format(
+                                          result.returncode)))
+    return None, "; ".join(errors)
+
+
+def read_header(command, pid):
+    """Header of the reports: this host and process pid."""
+    name = (read_text("/proc/{}/comm".format(pid)) or "?").rstrip("\n")
+    try:
+        exe = os.readlink("/proc/{}/exe".format(pid))
+    except OSError:
+        exe = None
+    started = None
+    try:
+        started = datetime.datetime.fromtimestamp(process_start(
+            read_text("/proc/{}/stat".format(pid)) or "",
+            read_text("/proc/stat") or "",
+            os.sysconf("SC_CLK_TCK"))).astimezone()
+    except (IndexError, ValueError, AttributeError, OSError):
+        pass
+    version, version_error = daemon_version(pid, name)
+    uname = os.uname()
+    return Header(command=tuple(command), host=uname.nodename,
+                  kernel=uname.release, machine=uname.machine,
+                  cpus=os.cpu_count() or 0,
+                  load=tuple(round(load, 2) for load in os.getloadavg()),
+                  pid=pid,
+                  name=name, exe=exe, started=started, version=version,
+                  version_error=version_error)
 
 
 def mapped_files(pid):
@@ -2016,26 +2576,52 @@ class Probes:
 # ---- Sampling ---------------------------------------------------------------
 
 class Sampler:
-    """Runs the sample windows and prints their reports."""
+    """Runs the sample windows and writes their reports.
+
+    out gets the report: text, or JSON Lines with --format json.  progress
+    gets the lines that tell a reader what happens (window opened,
+    closed, skipped): with a text report, they are part of it.
+    """
 
     def __init__(self, probes, args, out, syscall_names, poll_nrs,
-                 clock=time.monotonic_ns):
+                 clock=time.monotonic_ns, header=None, progress=None,
+                 wall=None):
         self.probes = probes
         self.args = args
         self.out = out
+        self.progress = progress or out
         self.syscall_names = syscall_names
         self.poll_nrs = poll_nrs
         self.clock = clock
+        self.wall = wall or (lambda: datetime.datetime.now().astimezone())
+        self.header = header
+        self.json = getattr(args, "format", "text") == "json"
         self.pending = []       # ring buffer events not yet consumed
+        self.samples = self.skipped = 0
 
-    def say(self, lines):
-        if isinstance(lines, str):
-            lines = [lines]
+    @staticmethod
+    def write(stream, lines):
         try:
-            self.out.write("".join(line + "\n" for line in lines))
-            self.out.flush()
+            stream.write("".join(line + "\n" for line in lines))
+            stream.flush()
         except OSError as err:
             raise OutputError(err)
+
+    def say(self, lines):
+        """Progress lines (the report's own lines with a text report)."""
+        self.write(self.progress,
+                   [lines] if isinstance(lines, str) else lines)
+
+    def report(self, lines=(), doc=None):
+        """Text lines of the report, or its JSON document."""
+        if self.json:
+            if doc is not None:
+                self.write(self.out, [json_line(doc)])
+        elif lines:
+            self.write(self.out, lines)
+
+    def options(self):
+        return options_json(self.args)
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the
@@ -2073,18 +2659,22 @@ class Sampler:
         self.probes.reset()
         self.probes.poll(0)     # drop events of earlier windows
         self.pending = []
+        losses = self.probes.counters()
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
             window.start_ts = self.wait_for(Event.START_TRIGGER)
+            window.opened = self.wall()
             self.say(timestamp_line("# Start sampling (trigger@{})".format(
-                window.start_ts)))
+                window.start_ts), window.opened))
             started = window.start_ts
         else:
             # Open the window before saying so: whoever reads the line
             # may act on it at once.
             started = self.clock()
             self.probes.open_window(started)
-            self.say(timestamp_line("# Start sampling"))
+            window.opened = self.wall()
+            self.say(timestamp_line("# Start sampling", window.opened))
+        window.open_ns = started
         interrupted = False
         try:
             if args.stop_trigger:
@@ -2097,39 +2687,64 @@ class Sampler:
         finally:
             self.probes.set_state(Capture.HOLD)
         ended = window.stop_ts or self.clock()
+        window.close_ns = ended
+        window.closed = self.wall()
         if window.stop_ts is not None:
+            window.end = "trigger"
             self.say(timestamp_line("# Stop sampling (trigger@{})".format(
-                window.stop_ts)))
+                window.stop_ts), window.closed))
         else:
+            if interrupted:
+                window.end = ("process exited" if isinstance(
+                    interrupted, TargetExited) else "interrupted")
             self.say(timestamp_line("# Stop sampling{}".format(
-                "" if not interrupted else " (process exited)"
-                if isinstance(interrupted, TargetExited) else
-                " (interrupted)")))
+                " ({})".format(window.end) if interrupted else ""),
+                window.closed))
 
         delta = window.delta
         if delta is not None and delta < args.trigger_delta:
+            window.dumped = self.wall()
             self.say(timestamp_line(
-                "# Sample dump skipped, delta {:,} ns".format(delta)))
+                "# Sample dump skipped, delta {:,} ns".format(delta),
+                window.dumped))
+            self.skipped += 1
+            self.report(doc=skipped_document(window, self.header,
+                                             self.options()))
             return None
         threads = self.probes.collect(ended)
+        quiet = self.probes.quiet_threads(threads, self.syscall_names)
+        window.dumped = self.wall()
         if delta is not None:
-            header = "# Triggered sample dump, stop-start delta {:,} ns" \
+            title = "# Triggered sample dump, stop-start delta {:,} ns" \
                 .format(delta)
         else:
-            header = "# Sample dump"
-        self.say([timestamp_line(header)] +
-                 format_report(threads, self.syscall_names, self.poll_nrs,
-                               self.probes.quiet_threads(
-                                   threads, self.syscall_names)))
+            title = "# Sample dump"
+        self.samples += 1
+        after = self.probes.counters()
+        sample = Sample(self.samples, window, threads, quiet,
+                        {counter: after[counter] - losses.get(counter, 0)
+                         for counter in after})
+        if self.json:
+            self.report(doc=sample_document(sample, self.header,
+                                            self.options(),
+                                            self.syscall_names,
+                                            self.poll_nrs))
+        else:
+            self.say([timestamp_line(title, window.dumped)] +
+                     format_report(threads, self.syscall_names,
+                                   self.poll_nrs, quiet))
         if interrupted:
             raise interrupted
         return window
 
     def run(self):
+        if self.header is not None:
+            self.report(format_header(self.header))
         if self.args.start_trigger:
             self.say(timestamp_line("# Waiting for start trigger '{}'".format(
                 self.args.start_trigger.text)))
         done = 0
+        end = "interrupted"
         try:
             while done < self.args.sample_count:
                 if self.one_window() is None:
@@ -2139,9 +2754,18 @@ class Sampler:
                         self.args.sample_interval:
                     self.probes.set_state(Capture.PAUSED)
                     time.sleep(self.args.sample_interval)
+            end = "completed"
+        except TargetExited:
+            end = "process exited"
+            raise
         finally:
-            self.say(format_warnings(self.probes.counters(),
-                                     self.args.sample_count))
+            counters = self.probes.counters()
+            if self.json:
+                self.report(doc=end_document(
+                    self.header, self.options(), counters, self.samples,
+                    self.skipped, end))
+            else:
+                self.say(format_warnings(counters, self.args.sample_count))
 
 
 # ---- Setup: environment checks, compile, attach -----------------------------
@@ -2373,6 +2997,10 @@ EXAMPLES = """examples:
   ./kernel_delay.py                      # 0.5 s window on ovs-vswitchd
   ./kernel_delay.py -p 1234 --sample-time 2
                                          # 2 s window on process 1234
+  ./kernel_delay.py --process ovsdb-server
+                                         # on the ovsdb-server
+  ./kernel_delay.py --format json --output kd.json --sample-count 10
+                                         # ten windows as JSON Lines
   ./kernel_delay.py --sample-count 5 --sample-interval 1
                                          # five windows, 1 s apart
   ./kernel_delay.py --start-trigger u:udpif_revalidator:start_dump \\
@@ -2399,13 +3027,15 @@ def build_parser():
                     "CPU, run queue, stops and interrupts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES)
-    parser.add_argument("-p", "--pid", type=positive_int, metavar="PID",
-                        help="process to monitor, default: the single "
-                             "running --process-name process")
-    parser.add_argument("--process-name", default=DEFAULT_PROCESS,
-                        metavar="NAME",
-                        help="process to look for without --pid, default "
-                             "ovs-vswitchd")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("-p", "--pid", type=positive_int, metavar="PID",
+                        help="process to monitor, by process ID")
+    target.add_argument("--process", metavar="NAME",
+                        help="process to monitor, by name (the single one "
+                             "running), default ovs-vswitchd")
+    # The first spelling of --process.
+    target.add_argument("--process-name", dest="process",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--sample-time", type=positive_seconds, default=0.5,
                         metavar="SECONDS",
                         help="length of a window, default 0.5")
@@ -2435,6 +3065,16 @@ def build_parser():
                         default=4096, metavar="THREADS",
                         help="threads the tables hold, default 4096, at "
                              "most {}".format(MAX_THREADS))
+    parser.add_argument("--format", choices=("text", "json"),
+                        default="text",
+                        help="report format: text tables, or JSON Lines "
+                             "(one document per window), default text")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the report to FILE instead of standard "
+                             "output")
+    parser.add_argument("--json-schema", action="store_true",
+                        help="print the JSON Schema of --format json and "
+                             "exit")
     parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
@@ -2466,8 +3106,23 @@ def _raise_interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
-def run(args, out):
+def open_output(path):
+    """The --output file, opened for the report."""
+    try:
+        # Line buffered: each line reaches the file as it is written.
+        return open(path, "w", buffering=1, encoding="utf-8",
+                    errors="backslashreplace")
+    except OSError as err:
+        raise Fatal("cannot write the report to {} ({}); choose another "
+                    "--output file".format(printable(path), err.strerror),
+                    os.EX_IOERR)
+
+
+def run(args, out, command=()):
     """Everything after argument parsing; raises Fatal on errors."""
+    if args.json_schema:
+        out.write(json.dumps(JSON_SCHEMA, indent=2) + "\n")
+        return os.EX_OK
     if bcc is None and not args.ebpf:
         raise Fatal("the Python module bcc (BPF Compiler Collection) is "
                     "missing for {}; install python3-bpfcc (Debian/Ubuntu) "
@@ -2478,7 +3133,8 @@ def run(args, out):
                     "IDs are not the kernel's; run the container with "
                     "--pid=host", os.EX_UNAVAILABLE)
     if args.pid is None:
-        args.pid = 0 if args.ebpf else find_target_pid(args.process_name)
+        args.pid = 0 if args.ebpf else find_target_pid(
+            args.process or DEFAULT_PROCESS)
     elif not args.ebpf:
         check_pid(args.pid)
 
@@ -2497,10 +3153,20 @@ def run(args, out):
         raise Fatal("root privileges are needed to load eBPF programs; run "
                     "with sudo", os.EX_NOPERM)
 
+    if args.output:
+        out = open_output(args.output)
+    progress = sys.stderr if args.format == "json" else out
+    header = read_header(command, args.pid)
     session = Session()
     try:
-        probes = session.open(args, source, triggers)
-        sampler = Sampler(probes, args, out, table, poll_nrs)
+        try:
+            probes = session.open(args, source, triggers)
+        except KeyboardInterrupt:
+            # Before the first window (compiling, attaching).
+            Sampler.write(progress, ["# Interrupted"])
+            return os.EX_OK
+        sampler = Sampler(probes, args, out, table, poll_nrs,
+                          header=header, progress=progress)
         try:
             sampler.run()
         except KeyboardInterrupt:
@@ -2509,30 +3175,36 @@ def run(args, out):
             sampler.say("# Process {} has exited".format(args.pid))
     finally:
         session.close()
+        if args.output:
+            out.close()
     return os.EX_OK
 
 
 def main(argv=None, out=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    command = sys.argv if argv is None else ["kernel_delay.py"] + list(argv)
+    args = parse_args(command[1:])
     out = out or sys.stdout
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run(args, out)
+        return run(args, out, command)
     except Fatal as err:
         sys.stderr.write("ERROR: {}\n".format(err))
         return err.code
     except KeyboardInterrupt:
-        # Before the first window (compiling, attaching).
-        out.write("# Interrupted\n")
+        # Before anything was set up.
+        (sys.stderr if args.format == "json" else out).write(
+            "# Interrupted\n")
         return os.EX_OK
     except OutputError as err:
-        # Nothing more can go out there, not even Python's last flush.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not args.output:
+            # Nothing more can go out there, not even Python's last flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if isinstance(err.args[0], BrokenPipeError):
             return os.EX_OK         # | head: the reader has enough
-        sys.stderr.write("ERROR: cannot write the report ({}); check where "
-                         "standard output goes\n".format(
-                             err.args[0].strerror))
+        sys.stderr.write("ERROR: cannot write the report ({}); check {}\n"
+                         .format(err.args[0].strerror,
+                                 "the --output file" if args.output else
+                                 "where standard output goes"))
         return os.EX_IOERR
     finally:
         signal.signal(signal.SIGTERM, previous)

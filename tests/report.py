@@ -37,7 +37,8 @@ def parse(text):
         if line.startswith("# No events from"):
             current.quiet = line
             continue
-        if line.startswith("#   ") and current.quiet:
+        # (not a warning's continuation: "#" and 10 spaces)
+        if line.startswith("#   ") and line[4:5] != " " and current.quiet:
             current.quiet += " " + line[4:]
             continue
         if line.startswith("# "):

@@ -383,7 +383,7 @@ def test_output_errors(workload_bin):
             SCRIPT, load.pid), shell=True, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     # A reader that stops early is no error.
-    assert head.stdout.startswith("# Start sampling @")
+    assert head.stdout.startswith("# kernel_delay ")
     assert head.stderr == ""
     one_error_line(full.returncode, full.stderr, os.EX_IOERR,
                    "cannot write the report (No space left on device)")

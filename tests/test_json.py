@@ -1,0 +1,558 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Unit tests of the report header, --format json, --output and --process.
+
+None of them needs root or bcc.  The JSON documents are checked against
+the schema the script prints (--json-schema) with python3-jsonschema, a
+test dependency only; and against the text report of the same sample:
+both are rendered by the real Sampler from one set of collected data.
+"""
+
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+import report
+from conftest import SCRIPT
+from test_unit import POLL_NRS, QUIET, report_rows
+
+UTC = datetime.timezone.utc
+SYSCALL_NAMES = {0: "read", 1: "write", 7: "poll", 271: "ppoll"}
+
+
+def validate(kd, doc):
+    jsonschema.Draft7Validator(kd.JSON_SCHEMA).validate(doc)
+
+
+def header(kd, **changes):
+    values = dict(command=("kernel_delay.py", "-p", "42"), host="node1",
+                  kernel="6.18.0-test", machine="x86_64", cpus=2,
+                  load=(0.5, 0.25, 0.0), pid=42, name="ovs-vswitchd",
+                  exe="/usr/sbin/ovs-vswitchd",
+                  started=datetime.datetime(2026, 11, 27, 10, 0, 1, 250000,
+                                            tzinfo=UTC),
+                  version="ovs-vswitchd (Open vSwitch) 3.1.0")
+    values.update(changes)
+    return kd.Header(**values)
+
+
+class FakeProbes:
+    """Probes with canned tables: every window collects the same data."""
+
+    def __init__(self, kd, rows, names=None, quiet=(), counters=None):
+        self.kd = kd
+        self.rows = rows
+        self.names = names or {}
+        self.quiet = list(quiet)
+        self.losses = counters or {}
+        self.windows = 0
+
+    def reset(self):
+        pass
+
+    def poll(self, timeout_ms):
+        return []
+
+    def set_state(self, state):
+        pass
+
+    def open_window(self, start_ns):
+        pass
+
+    def capture_values(self):
+        return self.kd.Capture.RUNNING, 0, 0
+
+    def collect(self, end_ns):
+        self.windows += 1
+        threads = self.kd.collect_threads(self.rows)
+        for tid, stats in threads.items():
+            stats.name = self.names.get(tid, "t{}".format(tid))
+        return threads
+
+    def quiet_threads(self, threads, syscall_names):
+        return self.quiet
+
+    def counters(self):
+        # Each read sees one more ring buffer overflow than the last.
+        counters = {counter: 0 for counter in self.kd.Counter}
+        counters.update(self.losses)
+        counters[self.kd.Counter.RINGBUF_FULL] += self.windows
+        return counters
+
+
+class Clock:
+    """CLOCK_MONOTONIC that advances 1 ms per reading."""
+
+    def __init__(self):
+        self.now = 10 ** 12
+
+    def __call__(self):
+        self.now += 10 ** 6
+        return self.now
+
+
+def wall():
+    return datetime.datetime(2026, 11, 27, 11, 57, 25, 129152, tzinfo=UTC)
+
+
+def run_sampler(kd, argv, probes=None, head=None):
+    """The report of a Sampler over FakeProbes: (out, progress) text."""
+    args = kd.parse_args(["-p", str(os.getpid()),
+                          "--sample-time", "0.001"] + argv)
+    out, progress = io.StringIO(), io.StringIO()
+    probes = probes or FakeProbes(
+        kd, report_rows(kd), {2001: "handler12", 1002: "revalidator7"},
+        QUIET)
+    sampler = kd.Sampler(probes, args, out, SYSCALL_NAMES, POLL_NRS,
+                         clock=Clock(), header=head or header(kd),
+                         progress=progress if args.format == "json" else
+                         None, wall=wall)
+    sampler.run()
+    return out.getvalue(), progress.getvalue()
+
+
+def documents(text):
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# ---- The schema ------------------------------------------------------------
+
+def test_schema_is_a_valid_draft7_schema(kd):
+    jsonschema.Draft7Validator.check_schema(kd.JSON_SCHEMA)
+    assert kd.JSON_SCHEMA["oneOf"][0]["properties"]["schema_version"] == \
+        {"const": kd.SCHEMA_VERSION, "description": "version of this schema"}
+
+
+def test_json_schema_option_prints_it_without_root():
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, SCRIPT, "--json-schema"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert json.loads(result.stdout)["title"] == \
+        "kernel_delay.py --format json"
+
+
+def test_schema_rejects_what_it_does_not_describe(kd):
+    out, _ = run_sampler(kd, ["--format", "json"])
+    sample = documents(out)[0]
+    validate(kd, sample)
+    broken = [
+        ("unknown field", lambda d: d.update(extra=1)),
+        ("missing field", lambda d: d["window"].pop("end_ns")),
+        ("string count", lambda d: d["threads"][0]["run"].update(
+            count="20")),
+        ("negative total", lambda d: d["threads"][0]["syscalls"][0].update(
+            total_ns=-1)),
+        ("unknown loss counter", lambda d: d["losses"].update(nope=1)),
+        ("other schema version", lambda d: d.update(schema_version=2)),
+        ("unknown window end", lambda d: d["window"].update(end="later")),
+    ]
+    for what, change in broken:
+        doc = json.loads(json.dumps(sample))
+        change(doc)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(kd, doc)
+            pytest.fail("schema accepts a document with " + what)
+
+
+# ---- Same sample, same numbers ---------------------------------------------
+
+def json_as_report(doc):
+    """A JSON sample in the shape tests/report.py parses text into."""
+    threads = {}
+    for thread in doc["threads"]:
+        parsed = {"tid": thread["tid"], "SYSCALL": {}}
+        for call in thread["syscalls"]:
+            name = call["name"] or "<unknown:{}>".format(call["nr"])
+            parsed["SYSCALL"][name] = {key: call[key + "_ns" if key in (
+                "total", "max") else key] for key in ("nr", "count",
+                                                      "total", "max")}
+        total = thread["syscall_total"]
+        if total["count"]:
+            parsed["SYSCALL TOTAL"] = (total["count"], total["total_ns"])
+        sections = (("LONG POLL", "poll_gaps",
+                     ("count", "average", "min", "max")),
+                    ("THREAD RUN", "run", ("count", "total", "min", "max")),
+                    ("THREAD READY", "ready", ("count", "total", "max")),
+                    ("THREAD STOPPED", "stopped", ("count", "total", "max")))
+        for section, key, columns in sections:
+            acc = thread[key]
+            if acc is not None:
+                parsed[section] = {column: acc[column if column == "count"
+                                               else column + "_ns"]
+                                   for column in columns}
+            elif section in ("THREAD RUN", "THREAD READY"):
+                parsed[section] = None      # the heading is always there
+        if thread["hardirqs"]:
+            parsed["HARD IRQ"] = {irq["name"]: {
+                "count": irq["count"], "total": irq["total_ns"],
+                "max": irq["max_ns"]} for irq in thread["hardirqs"]}
+            parsed["HARD IRQ TOTAL"] = (thread["hardirq_total"]["count"],
+                                        thread["hardirq_total"]["total_ns"])
+        if thread["softirqs"]:
+            parsed["SOFT IRQ"] = {irq["name"]: {
+                "vec": irq["vector"], "count": irq["count"],
+                "total": irq["total_ns"], "max": irq["max_ns"]}
+                for irq in thread["softirqs"]}
+            parsed["SOFT IRQ TOTAL"] = (thread["softirq_total"]["count"],
+                                        thread["softirq_total"]["total_ns"])
+        if thread["unreported_switches"]:
+            parsed["LOST"] = thread["unreported_switches"]
+        threads[thread["name"]] = parsed
+    return threads
+
+
+def test_json_carries_the_numbers_of_the_text_report(kd):
+    rows = report_rows(kd)
+    rows["sys_stats"].append(((1002, 0), kd.Acc(7, 700, 1, 300)))
+    probes = dict(kd=kd, rows=rows, quiet=QUIET,
+                  names={2001: "handler12", 1002: "revalidator7"})
+    text, _ = run_sampler(kd, [], FakeProbes(**probes))
+    out, _ = run_sampler(kd, ["--format", "json"], FakeProbes(**probes))
+    doc = documents(out)[0]
+    validate(kd, doc)
+    windows = report.parse(text)
+    assert len(windows) == 1
+    assert windows[0].threads == json_as_report(doc)
+    # Same order of threads and of lines within them.
+    assert list(windows[0].threads) == [t["name"] for t in doc["threads"]]
+    assert [list(t["SYSCALL"]) for t in windows[0].threads.values()] == \
+        [[c["name"] or "<unknown:{}>".format(c["nr"]) for c in t["syscalls"]]
+         for t in doc["threads"]]
+    # min_ns is in JSON only; it comes from the same tables.
+    assert doc["threads"][0]["syscalls"][0]["min_ns"] == 1_000
+    # The quiet threads, as the text names them.
+    quiet = ["{} ({})".format(q["name"], ", ".join(
+        [str(q["tid"])] + ([q["where"]] if q["where"] else [])))
+        for q in doc["quiet_threads"]]
+    assert windows[0].quiet.endswith(" " + ", ".join(quiet))
+
+
+def test_lost_switches_in_both_formats(kd):
+    rows = {"run_stats": [((5,), kd.Acc(2, 300, 100, 200))]}
+    probes = FakeProbes(kd, rows, {5: "lossy"})
+    original = probes.collect
+
+    def collect(end_ns):
+        threads = original(end_ns)
+        threads[5].lost = 3
+        return threads
+    probes.collect = collect
+    text, _ = run_sampler(kd, [], probes)
+    probes.windows = 0
+    out, _ = run_sampler(kd, ["--format", "json"], probes)
+    thread = documents(out)[0]["threads"][0]
+    assert thread["unreported_switches"] == 3
+    assert report.parse(text)[0].threads["lossy"]["LOST"] == 3
+
+
+def test_window_bounds_and_times(kd):
+    out, progress = run_sampler(kd, ["--format", "json"])
+    sample = documents(out)[0]
+    window = sample["window"]
+    assert window["end_ns"] - window["start_ns"] == window["duration_ns"]
+    # --sample-time 0.001 on a clock that moves 1 ms a reading: the
+    # window closes at the first reading past its end.
+    assert window["duration_ns"] == 2 * 10 ** 6
+    assert window["start_time"] == "2026-11-27T11:57:25.129152+00:00"
+    assert (window["end"], window["start_trigger_ns"],
+            window["stop_trigger_ns"], window["trigger_delta_ns"]) == \
+        ("time", None, None, None)
+    # Progress lines go to the other stream; the report is JSON only.
+    assert progress.splitlines() == [
+        "# Start sampling @2026-11-27T11:57:25.129152 (11:57:25 UTC)",
+        "# Stop sampling @2026-11-27T11:57:25.129152 (11:57:25 UTC)"]
+
+
+def test_json_lines_for_several_samples(kd):
+    out, _ = run_sampler(kd, ["--format", "json", "--sample-count", "3"])
+    docs = documents(out)
+    for doc in docs:
+        validate(kd, doc)
+    assert [doc["type"] for doc in docs] == ["sample"] * 3 + ["end"]
+    assert [doc["sample"] for doc in docs[:3]] == [1, 2, 3]
+    # Each window lost one event (FakeProbes), the run three.
+    assert [doc["losses"]["ringbuf_full"] for doc in docs[:3]] == [1, 1, 1]
+    end = docs[-1]
+    assert (end["end"], end["samples"], end["skipped"]) == \
+        ("completed", 3, 0)
+    assert end["losses"]["ringbuf_full"] == 3
+    assert end["warnings"] == [
+        "3 events were dropped: the ring buffer was full; increase "
+        "--buffer-page-count."]
+    # Every document stands alone.
+    for doc in docs:
+        assert doc["target"]["pid"] == 42
+        assert doc["host"]["name"] == "node1"
+        assert doc["options"]["sample_count"] == 3
+
+
+def test_warnings_are_the_texts_of_the_text_report(kd):
+    counters = {kd.Counter.SCHED_LOST: 2, kd.Counter.RUN_FULL: 1}
+    text, _ = run_sampler(kd, [], FakeProbes(kd, {}, counters=counters))
+    out, _ = run_sampler(kd, ["--format", "json"],
+                         FakeProbes(kd, {}, counters=counters))
+    end = documents(out)[-1]
+    assert end["losses"]["sched_lost"] == 2
+    wrapped = [line for line in text.splitlines()
+               if line.startswith("# WARNING") or
+               line.startswith("#          ")]
+    assert " ".join(line[11:] for line in wrapped) == \
+        " ".join(end["warnings"])
+    assert len(end["warnings"]) == 3
+
+
+def test_skipped_and_triggered_windows(kd):
+    class Triggered(FakeProbes):
+        """Start triggers 5 ms apart from their stops, then 50 ms."""
+        lengths = [5, 50]
+
+        def reset(self):
+            length = self.lengths.pop(0) if self.lengths else 50
+            self.start = 7 * 10 ** 9 + len(self.lengths)
+            self.stop = self.start + length * 10 ** 6
+            self.reads = 0
+
+        def capture_values(self):
+            # What the program's triggers leave: first the start, then
+            # both.
+            self.reads += 1
+            if self.reads == 1:
+                return self.kd.Capture.RUNNING, self.start, 0
+            return self.kd.Capture.HOLD, self.start, self.stop
+
+    argv = ["--format", "json", "--start-trigger", "u:p:a",
+            "--stop-trigger", "u:p:b", "--trigger-delta", "20000000"]
+    out, progress = run_sampler(kd, argv, Triggered(kd, report_rows(kd)))
+    docs = documents(out)
+    for doc in docs:
+        validate(kd, doc)
+    assert [doc["type"] for doc in docs] == ["skipped", "sample", "end"]
+    skipped, sample, end = docs
+    assert skipped["window"]["trigger_delta_ns"] == 5 * 10 ** 6
+    assert sample["window"]["trigger_delta_ns"] == 50 * 10 ** 6
+    assert sample["window"]["end"] == "trigger"
+    assert sample["window"]["start_ns"] == \
+        sample["window"]["start_trigger_ns"]
+    assert sample["window"]["end_ns"] == sample["window"]["stop_trigger_ns"]
+    assert sample["options"]["start_trigger"] == "u:p:a"
+    assert sample["options"]["trigger_delta_ns"] == 20000000
+    assert (end["samples"], end["skipped"]) == (1, 1)
+    assert "# Sample dump skipped, delta 5,000,000 ns" in progress
+
+
+def test_interrupted_window_and_run(kd):
+    class Interrupting(FakeProbes):
+        def poll(self, timeout_ms):
+            if timeout_ms:      # Ctrl-C while waiting in the window
+                raise KeyboardInterrupt
+            return []
+
+    args = kd.parse_args(["-p", str(os.getpid()), "--format", "json",
+                          "--sample-time", "5"])
+    out = io.StringIO()
+    sampler = kd.Sampler(Interrupting(kd, report_rows(kd)), args, out,
+                         SYSCALL_NAMES, POLL_NRS, header=header(kd),
+                         progress=io.StringIO(), wall=wall)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.run()
+    sample, end = documents(out.getvalue())
+    assert sample["window"]["end"] == "interrupted"
+    assert end["end"] == "interrupted"
+    assert end["samples"] == 1
+
+
+# ---- Names that are not plain text -----------------------------------------
+
+ODD_NAMES = {
+    11: "with space",
+    12: "100% {x} {}",
+    13: "\x1b[31mred\x1b[0m",
+    14: "bad\udcff\udcfebytes",
+    15: "tab\tnl\n",
+    16: "ünïcode",
+}
+
+
+def test_odd_thread_names_in_json(kd):
+    rows = {"run_stats": [((tid,), kd.Acc(1, tid, tid, tid))
+                          for tid in ODD_NAMES]}
+    out, _ = run_sampler(kd, ["--format", "json"],
+                         FakeProbes(kd, rows, ODD_NAMES,
+                                    [(20, "\x07q\udc80", "in poll")]))
+    assert out.isascii()
+    lines = out.splitlines()
+    assert len(lines) == 2
+    sample = json.loads(lines[0])
+    validate(kd, sample)
+    names = {t["tid"]: t["name"] for t in sample["threads"]}
+    # Valid text comes out as it is; bytes that were not UTF-8 as \xNN.
+    assert names == {**ODD_NAMES, 14: "bad\\xff\\xfebytes"}
+    assert sample["quiet_threads"] == [
+        {"tid": 20, "name": "\x07q\\x80", "where": "in poll"}]
+    # A strict UTF-8 decoder accepts every byte.
+    out.encode("ascii").decode("utf-8", "strict")
+
+
+def test_printable(kd):
+    assert kd.printable("plain name-1") == "plain name-1"
+    assert kd.printable("\x1b[31m\t\n\x7f\x85") == \
+        "\\x1b[31m\\x09\\x0a\\x7f\\x85"
+    assert kd.printable("bad\udcff") == "bad\\xff"
+    assert kd.printable(b"bad\xff") == "bad\\xff"
+    assert kd.printable("a\\xff") == "a\\\\xff"
+    assert kd.printable("\ud800") == "\\xed\\xa0\\x80"
+    assert kd.printable("ünï 100% {}") == "ünï 100% {}"
+
+
+# ---- The header ------------------------------------------------------------
+
+def test_format_header(kd):
+    lines = kd.format_header(header(kd))
+    started = datetime.datetime(2026, 11, 27, 10, 0, 1, 250000, tzinfo=UTC)
+    assert lines == [
+        "# kernel_delay {}: kernel_delay.py -p 42".format(kd.__version__),
+        "# Host node1: Linux 6.18.0-test (x86_64), 2 CPUs, load average "
+        "0.50 0.25 0.00",
+        "# Process ovs-vswitchd, PID 42: /usr/sbin/ovs-vswitchd",
+        kd.timestamp_line("# Process started", started),
+        "# Version: ovs-vswitchd (Open vSwitch) 3.1.0"]
+
+
+def test_format_header_quotes_and_escapes(kd):
+    lines = kd.format_header(header(
+        kd, command=("./kernel_delay.py", "--process", "a b",
+                     "--output", "x\ny"), cpus=1, name="w\x1bx",
+        exe=None, started=None, version=None,
+        version_error="ovs-vswitchd --version: no answer within 3 s"))
+    assert lines == [
+        "# kernel_delay {}: ./kernel_delay.py --process 'a b' --output "
+        "'x\\x0ay'".format(kd.__version__),
+        "# Host node1: Linux 6.18.0-test (x86_64), 1 CPU, load average "
+        "0.50 0.25 0.00",
+        "# Process w\\x1bx, PID 42",
+        "# Version: unknown (ovs-vswitchd --version: no answer within 3 s)"]
+    plain = kd.format_header(header(kd, version=None))
+    assert not any(line.startswith("# Version") for line in plain)
+
+
+def test_text_report_starts_with_the_header(kd):
+    text, _ = run_sampler(kd, [])
+    lines = text.splitlines()
+    assert lines[:5] == kd.format_header(header(kd))
+    assert lines[5].startswith("# Start sampling @")
+
+
+def test_process_start(kd):
+    stat = ("1234 (a (b) c) S 1 1234 1234 0 -1 4194560 1 2 3 4 5 6 7 8 20 "
+            "0 3 0 250 1000 200 ...")
+    assert kd.process_start(stat, "cpu 1 2\nbtime 1700000000\n", 100) == \
+        1700000002.5
+
+
+def test_process_start_of_this_process(kd):
+    with open("/proc/self/stat") as stat, open("/proc/stat") as proc_stat:
+        started = kd.process_start(stat.read(), proc_stat.read(),
+                                   os.sysconf("SC_CLK_TCK"))
+    import time
+    assert time.time() - 3600 < started <= time.time()
+
+
+def test_read_header_of_this_process(kd):
+    head = kd.read_header(["kernel_delay.py", "-p", str(os.getpid())],
+                          os.getpid())
+    uname = os.uname()
+    with open("/proc/self/comm") as comm:
+        name = comm.read().strip()
+    assert (head.host, head.kernel, head.machine, head.cpus, head.pid,
+            head.name) == (uname.nodename, uname.release, uname.machine,
+                           os.cpu_count(), os.getpid(), name)
+    assert head.exe == os.path.realpath(sys.executable)
+    assert len(head.load) == 3
+    assert head.started.tzinfo is not None
+    assert (head.version, head.version_error) == (None, None)
+
+
+class FakeRun:
+    """subprocess.run stand-in: answers per program, records calls."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, command, **kwargs):
+        self.calls.append((command, kwargs["executable"],
+                           kwargs["timeout"]))
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        code, out, err = answer
+        return subprocess.CompletedProcess(command, code, out, err)
+
+
+def test_daemon_version(kd):
+    run = FakeRun((0, b"ovs-vswitchd (Open vSwitch) 3.1.0\n", b""))
+    assert kd.daemon_version(77, "ovs-vswitchd", run) == \
+        ("ovs-vswitchd (Open vSwitch) 3.1.0", None)
+    assert run.calls == [(["ovs-vswitchd", "--version"], "/proc/77/exe",
+                          kd.VERSION_TIMEOUT)]
+    run = FakeRun((0, b"ovn-controller 24.03.2\nOpen vSwitch Library 3.3.0"
+                      b"\nOpenFlow versions 0x6:0x6\nSB DB Schema 20.33.0\n",
+                   b""))
+    assert kd.daemon_version(5, "ovn-controller", run)[0] == \
+        "ovn-controller 24.03.2; Open vSwitch Library 3.3.0"
+
+
+def test_daemon_version_never_required(kd):
+    run = FakeRun(subprocess.TimeoutExpired(["x"], 3))
+    assert kd.daemon_version(5, "ovsdb-server", run) == (
+        None, "ovsdb-server --version: no answer within 3 s")
+    run = FakeRun((1, b"", b"error while loading shared libraries: x\n"))
+    assert kd.daemon_version(5, "ovn-northd", run) == (
+        None, "ovn-northd --version: error while loading shared "
+              "libraries: x")
+    run = FakeRun(FileNotFoundError(2, "No such file or directory"))
+    assert kd.daemon_version(5, "ovsdb-server", run) == (
+        None, "ovsdb-server --version: No such file or directory")
+    # Not an OVS or OVN daemon: nothing is run.
+    run = FakeRun()
+    assert kd.daemon_version(5, "kd-main", run) == (None, None)
+    assert run.calls == []
+
+
+# ---- Command line ----------------------------------------------------------
+
+def test_pid_and_process_exclude_each_other(kd, capsys):
+    for argv in (["-p", "1", "--process", "x"],
+                 ["--process-name", "x", "--pid", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            kd.parse_args(argv)
+        assert exc.value.code == 2
+        assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_documents_process_not_the_old_spelling(kd, capsys):
+    with pytest.raises(SystemExit):
+        kd.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--process NAME" in out
+    assert "--process-name" not in out
+    assert "--format {text,json}" in out and "--output FILE" in out
+
+
+def test_output_file_that_cannot_be_written(kd, capsys, tmp_path):
+    missing = str(tmp_path / "no" / "such" / "dir" / "r.txt")
+    with pytest.raises(kd.Fatal) as exc:
+        kd.open_output(missing)
+    assert exc.value.code == os.EX_IOERR
+    assert str(exc.value) == ("cannot write the report to {} (No such file "
+                              "or directory); choose another --output file"
+                              .format(missing))
