@@ -160,9 +160,16 @@ struct acc_t {
     u64 max;
 };
 
+/* A thread's system call state, updated in place: no insert or delete
+ * per call.  Entries outlive windows; window says which one the rest
+ * belongs to. */
 struct sys_start_t {
-    u64 ts;
+    u64 window;         /* start of the window of the fields below */
+    u64 ts;             /* entry of the call in progress, 0: none */
     u64 nr;
+    u64 poll_ret;       /* return of the last poll(), 0: none */
+    u32 restart_nr;     /* an interrupted poll() that resumes */
+    u32 restarting;     /* in the next call, if set */
 };
 
 struct sys_key_t {
@@ -202,6 +209,10 @@ struct sched_t {
     u64 stop_start;
     u64 switched;       /* a switch of this thread was seen */
     u64 lost;           /* switches the kernel did not report */
+    /* The periods themselves: kept here, a switch costs two lookups. */
+    struct acc_t run;
+    struct acc_t ready;
+    struct acc_t stop;
 };
 
 BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
@@ -212,13 +223,8 @@ BPF_ARRAY(capture, u64, 3);
 
 BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
 BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
-BPF_HASH(poll_ret, u32, u64, MAX_THREADS);
-BPF_HASH(poll_restart, u32, u32, MAX_THREADS);
 BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
 BPF_HASH(sched_state, u32, struct sched_t, MAX_THREADS);
-BPF_HASH(run_stats, u32, struct acc_t, MAX_THREADS);
-BPF_HASH(ready_stats, u32, struct acc_t, MAX_THREADS);
-BPF_HASH(stop_stats, u32, struct acc_t, MAX_THREADS);
 BPF_PERCPU_ARRAY(hardirq_start, struct hardirq_start_t, 1);
 BPF_HASH(hardirq_stats, struct hardirq_key_t, struct acc_t, MAX_IRQ_KEYS);
 BPF_PERCPU_ARRAY(softirq_start, struct softirq_start_t, 1);
@@ -273,6 +279,19 @@ static __always_inline u32 kd_task_pid(void *task)
 
     bpf_probe_read_kernel(&val, sizeof(val), task + TASK_PID_OFF);
     return val;
+}
+
+/* pid and tgid of a task as bpf_get_current_pid_tgid() has them; one
+ * read where the two fields are neighbours (they are). */
+static __always_inline u64 kd_task_ids(void *task)
+{
+    if (TASK_TGID_OFF == TASK_PID_OFF + 4) {
+        u64 val = 0;
+
+        bpf_probe_read_kernel(&val, sizeof(val), task + TASK_PID_OFF);
+        return val;
+    }
+    return (u64)kd_task_tgid(task) << 32 | kd_task_pid(task);
 }
 
 static __always_inline u64 kd_task_state(void *task)
@@ -402,27 +421,51 @@ static __always_inline u64 kd_period_start(struct sched_t *entry, u64 stamp)
     return 0;
 }
 
-static __always_inline void kd_close_run(u32 tid, struct sched_t *entry,
-                                          u64 now)
+static __always_inline void kd_close_run(struct sched_t *entry, u64 now)
 {
-    struct acc_t zero = {};
     u64 start = kd_period_start(entry, entry->run_start);
 
     if (start && now >= start)
-        kd_account(run_stats.lookup_or_try_init(&tid, &zero), now - start,
-                   COUNTER_RUN_FULL);
+        kd_acc_add(&entry->run, now - start);
     entry->run_start = 0;
     entry->switched = 1;
 }
 
 /* ---- System calls and poll() gaps ---------------------------------- */
 /* Raw tracepoints: every system call of every process passes here, and
- * they skip the copy of the arguments into a trace record. */
+ * they skip the copy of the arguments into a trace record.  Other
+ * processes leave at the first test, before any map access. */
+
+/* The thread's entry for this window: reset at its first use in the
+ * window, which also tells that the thread is on a CPU. */
+static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
+{
+    u64 window = kd_window_start();
+    struct sys_start_t *entry = sys_start.lookup(&tid);
+
+    if (entry && entry->window == window)
+        return entry;
+    kd_seen_running(tid);
+
+    struct sys_start_t fresh = { .window = window };
+
+    if (entry) {
+        __builtin_memcpy(entry, &fresh, sizeof(fresh));
+        return entry;
+    }
+    /* Only this thread inserts its key: no race to lose. */
+    kd_check_store(sys_start.update(&tid, &fresh), COUNTER_SYS_START_FULL);
+    return sys_start.lookup(&tid);
+}
 
 /* The thread's interrupted poll() resumes in its next system call. */
-static __always_inline void kd_poll_restarts(u32 tid, u32 nr)
+static __always_inline void kd_poll_restarts(struct sys_start_t *entry,
+                                             u32 nr)
 {
-    kd_check_store(poll_restart.update(&tid, &nr), COUNTER_POLL_FULL);
+    if (!entry)
+        return;
+    entry->restart_nr = nr;
+    entry->restarting = 1;
 }
 
 /* args: struct pt_regs *regs, long id */
@@ -434,37 +477,30 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         return 0;
 
     u32 tid = pid_tgid;
+    struct sys_start_t *entry = kd_sys_entry(tid);
+
+    if (!entry)
+        return 0;
+
     u64 now = bpf_ktime_get_ns();
     u64 nr = ctx->args[1];
 
-    kd_seen_running(tid);
-    if (nr == RESTART_NR || IS_POLL(nr)) {
-        u32 *resumed = poll_restart.lookup(&tid);
-
-        /* The rest of an interrupted poll() counts as poll(); its gap
-         * did not start. */
-        if (resumed) {
-            if (nr == RESTART_NR)
-                nr = *resumed;
-            poll_restart.delete(&tid);
-        }
+    /* The rest of an interrupted poll() counts as poll(); its gap did
+     * not start. */
+    if (entry->restarting && (nr == RESTART_NR || IS_POLL(nr))) {
+        if (nr == RESTART_NR)
+            nr = entry->restart_nr;
+        entry->restarting = 0;
     }
-
-    struct sys_start_t start = { .ts = now, .nr = nr };
-
-    kd_check_store(sys_start.update(&tid, &start), COUNTER_SYS_START_FULL);
+    entry->ts = now;
+    entry->nr = nr;
 
     /* A poll gap runs from the return of the thread's last poll(). */
-    u64 *returned = 0;
-
-    if (IS_POLL(nr))
-        returned = poll_ret.lookup(&tid);
-
-    if (returned) {
+    if (IS_POLL(nr) && entry->poll_ret) {
         struct acc_t zero = {};
-        u64 gap = now - *returned;
+        u64 gap = now - entry->poll_ret;
 
-        poll_ret.delete(&tid);
+        entry->poll_ret = 0;
         kd_account(poll_stats.lookup_or_try_init(&tid, &zero), gap,
                    COUNTER_POLL_FULL);
     }
@@ -485,11 +521,11 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
     /* Calls that entered before the window have no start stamp and are
      * not counted; but a poll() interrupted now resumes inside it. */
-    if (!start) {
+    if (!start || start->window != kd_window_start() || !start->ts) {
         long nr = kd_regs_nr((void *)ctx->args[0]);
 
         if (kd_restarting(ret) && IS_POLL(nr))
-            kd_poll_restarts(tid, nr);
+            kd_poll_restarts(kd_sys_entry(tid), nr);
         return 0;
     }
 
@@ -498,47 +534,49 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     u64 delta = now - start->ts;
     struct acc_t zero = {};
 
-    sys_start.delete(&tid);
+    start->ts = 0;
     kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
                COUNTER_SYS_STATS_FULL);
     if (!IS_POLL(key.nr))
         return 0;
     if (kd_restarting(ret))
-        kd_poll_restarts(tid, key.nr);
+        kd_poll_restarts(start, key.nr);
     else
-        kd_check_store(poll_ret.update(&tid, &now), COUNTER_POLL_FULL);
+        start->poll_ret = now;
     return 0;
 }
 
 /* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
 
-static __always_inline void kd_ready_since(void *task, u64 now)
+static __always_inline void kd_ready_since(void *task)
 {
-    if (!kd_capturing() || kd_task_tgid(task) != MONITOR_TGID)
+    u64 ids = kd_task_ids(task);
+
+    if (!kd_is_target(ids) || !kd_capturing())
         return;
     /* A wakeup also fires for a task still on its CPU (it set its state
      * to sleep, then found its condition met): it is not waiting. */
     if (kd_task_on_cpu(task))
         return;
 
-    struct sched_t *entry = kd_sched_entry(kd_task_pid(task));
+    struct sched_t *entry = kd_sched_entry(ids);
 
     /* Keep an older stamp: a wakeup of a task that is already queued
      * (preempted while going to sleep) does not restart its wait. */
     if (entry && !entry->ready_start)
-        entry->ready_start = now;
+        entry->ready_start = bpf_ktime_get_ns();
 }
 
 /* args: struct task_struct *p */
 RAW_TRACEPOINT_PROBE(sched_wakeup)
 {
-    kd_ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    kd_ready_since((void *)ctx->args[0]);
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 {
-    kd_ready_since((void *)ctx->args[0], bpf_ktime_get_ns());
+    kd_ready_since((void *)ctx->args[0]);
     return 0;
 }
 
@@ -547,11 +585,14 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
  * before the switch, so current is still prev. */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    if (!kd_capturing())
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 next_ids = kd_task_ids((void *)ctx->args[2]);
+
+    if (!(kd_is_target(pid_tgid) || kd_is_target(next_ids)) ||
+        !kd_capturing())
         return 0;
 
     u64 now = bpf_ktime_get_ns();
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sched_t *entry;
 
     if (kd_is_target(pid_tgid) && (entry = kd_sched_entry(pid_tgid))) {
@@ -561,7 +602,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         u64 state = kd_task_state((void *)ctx->args[1]);
         bool preempted = ctx->args[0] & 1;
 
-        kd_close_run(pid_tgid, entry, now);
+        kd_close_run(entry, now);
         /* Preempted, or yielding while runnable: still on the run
          * queue, so its wait for a CPU starts now. */
         entry->ready_start = preempted || state == 0 ? now : 0;
@@ -570,16 +611,12 @@ RAW_TRACEPOINT_PROBE(sched_switch)
                             now : 0;
     }
 
-    void *next = (void *)ctx->args[2];
-
-    if (kd_task_tgid(next) != MONITOR_TGID)
+    if (!kd_is_target(next_ids))
         return 0;
 
-    u32 tid = kd_task_pid(next);
-    struct acc_t zero = {};
     u64 start;
 
-    entry = kd_sched_entry(tid);
+    entry = kd_sched_entry(next_ids);
     if (!entry)
         return 0;
     /* Without a stamp at its first switch, next was queued before the
@@ -587,11 +624,9 @@ RAW_TRACEPOINT_PROBE(sched_switch)
      * (wakeup, new task, preemption) leaves one. */
     start = kd_period_start(entry, entry->ready_start);
     if (start && now >= start)
-        kd_account(ready_stats.lookup_or_try_init(&tid, &zero), now - start,
-                   COUNTER_READY_FULL);
+        kd_acc_add(&entry->ready, now - start);
     if (entry->stop_start && now >= entry->stop_start)
-        kd_account(stop_stats.lookup_or_try_init(&tid, &zero),
-                   now - entry->stop_start, COUNTER_STOP_FULL);
+        kd_acc_add(&entry->stop, now - entry->stop_start);
     entry->ready_start = 0;
     entry->stop_start = 0;
     entry->run_start = now;
@@ -750,7 +785,7 @@ static __always_inline int kd_stop_trigger_fired(void)
         struct sched_t *entry = kd_sched_entry(pid_tgid);
 
         if (entry && (entry->run_start || !entry->switched))
-            kd_close_run(pid_tgid, entry, now);
+            kd_close_run(entry, now);
     }
 
     u32 stop_key = 2;
@@ -1649,6 +1684,29 @@ def collect_threads(rows):
     return threads
 
 
+def split_sched_state(entries):
+    """Split the scheduler state entries [(tid, value)] into the rows of
+    collect_threads() (run_stats, ready_stats, stop_stats), the open
+    period starts of add_open_periods() and the switches lost, by tid.
+
+    A value is (run_start, ready_start, stop_start, switched, lost, run,
+    ready, stop), the last three (count, total, min, max) tuples.
+    """
+    rows = {table: [((tid,), Acc(*value[index])) for tid, value in entries
+                    if value[index][0]]
+            for table, index in (("run_stats", 5), ("ready_stats", 6),
+                                 ("stop_stats", 7))}
+    starts = {"run": {}, "ready": {}, "stopped": {}}
+    lost = {}
+    for tid, value in entries:
+        for attr, start in zip(("run", "ready", "stopped"), value[:3]):
+            if start:
+                starts[attr][tid] = start
+        if value[4]:
+            lost[tid] = value[4]
+    return rows, starts, lost
+
+
 def add_open_periods(threads, starts, end):
     """Count the periods still open when the window closed at end.
 
@@ -2481,10 +2539,9 @@ def plain(value):
 class Probes:
     """The compiled and attached eBPF program of one run."""
 
-    STAT_TABLES = ("sys_stats", "poll_stats", "run_stats", "ready_stats",
-                   "stop_stats", "hardirq_stats", "softirq_stats")
-    TABLES = STAT_TABLES + ("sys_start", "poll_ret", "poll_restart",
-                            "sched_state", "exit_names")
+    STAT_TABLES = ("sys_stats", "poll_stats", "hardirq_stats",
+                   "softirq_stats")
+    TABLES = STAT_TABLES + ("sys_start", "sched_state", "exit_names")
 
     def __init__(self, bpf, pid):
         self.bpf = bpf
@@ -2537,17 +2594,13 @@ class Probes:
                 key = plain(key)
                 rows[name].append((key if isinstance(key, tuple) else (key,),
                                    Acc(*plain(value))))
+        sched_rows, starts, lost = split_sched_state(
+            [(plain(key), plain(value))
+             for key, value in self.bpf["sched_state"].items()])
+        rows.update(sched_rows)
         threads = collect_threads(rows)
-        starts = {"run": {}, "ready": {}, "stopped": {}}
-        for key, value in self.bpf["sched_state"].items():
-            run, ready, stopped, _, lost = plain(value)
-            for attr, start in (("run", run), ("ready", ready),
-                                ("stopped", stopped)):
-                if start:
-                    starts[attr][plain(key)] = start
-            if lost:
-                threads.setdefault(plain(key),
-                                   ThreadStats(tid=plain(key))).lost = lost
+        for tid, count in lost.items():
+            threads.setdefault(tid, ThreadStats(tid=tid)).lost = count
         add_open_periods(threads, starts, end_ns)
         exited = {plain(k): plain(v)[0]
                   for k, v in self.bpf["exit_names"].items()}

@@ -802,6 +802,29 @@ def test_add_open_periods(kd):
     assert sorted(threads) == [7, 8, 9]
 
 
+def test_split_sched_state(kd):
+    none = (0, 0, 0, 0)
+    entries = [
+        # On a CPU at the end, after 2 runs and 1 wait; 1 switch lost.
+        (7, (900, 0, 0, 1, 1, (2, 300, 100, 200), (1, 50, 50, 50), none)),
+        # Stopped at the end, never ran in the window.
+        (8, (0, 0, 950, 1, 0, none, none, none)),
+        # Seen only while it waited; one stop closed.
+        (9, (0, 400, 0, 1, 0, none, none, (1, 70, 70, 70))),
+    ]
+    rows, starts, lost = kd.split_sched_state(entries)
+    assert rows == {"run_stats": [((7,), kd.Acc(2, 300, 100, 200))],
+                    "ready_stats": [((7,), kd.Acc(1, 50, 50, 50))],
+                    "stop_stats": [((9,), kd.Acc(1, 70, 70, 70))]}
+    assert starts == {"run": {7: 900}, "ready": {9: 400},
+                      "stopped": {8: 950}}
+    assert lost == {7: 1}
+    threads = kd.add_open_periods(kd.collect_threads(rows), starts, 1000)
+    assert threads[7].run == kd.Acc(3, 400, 100, 200)
+    assert threads[8].stopped == kd.Acc(1, 50, 50, 50)
+    assert threads[9].ready == kd.Acc(1, 600, 600, 600)
+
+
 def test_acc_add_keeps_min_and_max(kd):
     acc = kd.Acc()
     for delta in (30, 10, 20):
