@@ -2317,11 +2317,9 @@ def process_alive(pid):
 
 
 def thread_name(pid, tid):
-    try:
-        with open("/proc/{}/task/{}/comm".format(pid, tid)) as comm:
-            return comm.read().rstrip("\n")
-    except OSError:
-        return None
+    """The name of thread tid, made printable (any bytes can be in it)."""
+    name = read_text("/proc/{}/task/{}/comm".format(pid, tid))
+    return None if name is None else printable(name.rstrip("\n"))
 
 
 def thread_whereabouts(pid, tid, syscall_names):

@@ -1,0 +1,364 @@
+# SPDX-License-Identifier: Apache-2.0
+"""End-to-end tests of the report header, --format json, --output and
+--process: real probes on the running kernel.
+
+The JSON of a window over the workload must carry the exact counts the
+workload made (a prime number of getsid() calls, of UDP datagrams) and
+validate against the schema the script documents.  That the JSON carries
+the same numbers as the text report of the same sample is tested in
+test_json.py, where one Sampler renders both from the same data.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import jsonschema
+import pytest
+
+import report
+import workload_ctl
+from conftest import SCRIPT, TOP, load_script
+from test_e2e import (BURST, DATAGRAMS, MSEC, NSEC, RUN_PIDS, SHORT_CALLS,
+                      leftovers, run_tool)
+# Fixtures: the workload binary, a running ovs-vswitchd.
+from test_e2e import ovs, workload_bin  # noqa: F401
+
+pytestmark = pytest.mark.privileged
+
+KD = load_script()
+
+
+def validate(doc):
+    jsonschema.Draft7Validator(KD.JSON_SCHEMA).validate(doc)
+
+
+def run_json(args, on_start=None, timeout=90):
+    """Run the tool with --format json; on_start(proc) when the window
+    opens (said on standard error).  Returns (code, documents, stderr)."""
+    proc = subprocess.Popen([SCRIPT, "--format", "json"] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, bufsize=1, cwd=TOP)
+    RUN_PIDS.append(proc.pid)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    out = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
+    reader.start()
+    err = []
+    try:
+        for line in proc.stderr:
+            err.append(line)
+            if line.startswith("# Start sampling") and on_start:
+                on_start(proc)
+        code = proc.wait()
+        reader.join()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert out[0].isascii()
+    docs = [json.loads(line) for line in out[0].splitlines()]
+    for doc in docs:
+        validate(doc)
+    return code, docs, "".join(err)
+
+
+def proc_start_seconds(pid):
+    """When process pid started, from /proc (seconds since the epoch)."""
+    with open("/proc/{}/stat".format(pid)) as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as proc_stat:
+        boot = int(re.search(r"^btime (\d+)", proc_stat.read(),
+                             re.M).group(1))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def json_run(workload_bin):  # noqa: F811
+    """A 1 s JSON window over the workload with a burst of getsid() calls,
+    UDP on loopback and a thread that exits."""
+    actions = [("burst {}".format(BURST), "ok burst {}".format(BURST)),
+               ("udp {}".format(DATAGRAMS), "ok udp {}".format(DATAGRAMS)),
+               ("short {}".format(SHORT_CALLS), None)]
+    with workload_ctl.Workload(workload_bin) as load:
+        answers = []
+
+        def act(_proc):
+            for command, expected in actions:
+                answers.append((load.command(command), expected))
+
+        code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                    "1"], on_start=act)
+        yield load, code, docs, err, answers
+
+
+def threads_of(doc):
+    return {thread["name"]: thread for thread in doc["threads"]}
+
+
+def calls(thread):
+    return {call["name"]: call for call in thread["syscalls"]}
+
+
+def test_json_exact_counts(json_run):
+    load, code, docs, err, answers = json_run
+    assert code == 0, err
+    for answer, expected in answers:
+        assert expected is None or answer == expected
+    assert [doc["type"] for doc in docs] == ["sample", "end"]
+    threads = threads_of(docs[0])
+    assert calls(threads["kd-burst"])["getsid"]["count"] == BURST
+    udp = calls(threads["kd-udp"])
+    assert udp["sendto"]["count"] == udp["recvfrom"]["count"] == DATAGRAMS
+    assert calls(threads["kd-short"])["getpgid"]["count"] == SHORT_CALLS
+    net_rx = {irq["name"]: irq for irq in threads["kd-udp"]["softirqs"]}
+    assert net_rx["net_rx"]["vector"] == 3
+    assert 1 <= net_rx["net_rx"]["count"] <= 2 * DATAGRAMS
+    # 20 ms sleeps in a 1 s window.
+    sleeps = calls(threads["kd-sleep"])["clock_nanosleep"]
+    assert 40 <= sleeps["count"] <= 50
+    assert sleeps["min_ns"] >= 20 * MSEC
+    assert sleeps["min_ns"] <= sleeps["total_ns"] // sleeps["count"] <= \
+        sleeps["max_ns"]
+    poll = threads["kd-poll"]
+    assert 30 * MSEC <= poll["poll_gaps"]["min_ns"] <= \
+        poll["poll_gaps"]["average_ns"] < 32 * MSEC
+    assert poll["syscall_total"]["count"] == \
+        calls(poll)["clock_nanosleep"]["count"]
+    assert all(thread["stopped"] is None for thread in threads.values())
+
+
+def test_json_window_and_progress(json_run):
+    load, code, docs, err, _ = json_run
+    window = docs[0]["window"]
+    assert window["end"] == "time"
+    assert window["duration_ns"] == window["end_ns"] - window["start_ns"]
+    assert NSEC <= window["duration_ns"] < NSEC + 50 * MSEC
+    # CLOCK_MONOTONIC, the clock of the probes.
+    assert window["end_ns"] < time.monotonic_ns()
+    assert window["start_time"] < window["end_time"] <= window["dump_time"]
+    # Progress lines on standard error, nothing else there.
+    lines = err.splitlines()
+    assert [line.split(" @")[0] for line in lines] == [
+        "# Start sampling", "# Stop sampling"]
+    assert lines[0].split(" @")[1].split(" ")[0] == \
+        window["start_time"][:26]
+    end = docs[1]
+    assert (end["end"], end["samples"], end["skipped"]) == \
+        ("completed", 1, 0)
+    # A warning for each counter that is not zero (missed triggers only
+    # matter with several windows).
+    assert len(end["warnings"]) == sum(
+        1 for name, value in end["losses"].items()
+        if value and name != "trigger_missed")
+
+
+def test_json_header(json_run, workload_bin):  # noqa: F811
+    load, code, docs, err, _ = json_run
+    uname = os.uname()
+    for doc in docs:
+        assert doc["host"] == dict(
+            doc["host"], name=uname.nodename, kernel=uname.release,
+            machine=uname.machine, cpus=os.cpu_count())
+        assert len(doc["host"]["load_average"]) == 3
+        target = doc["target"]
+        assert (target["pid"], target["name"], target["exe"]) == \
+            (load.pid, "kd-main", os.path.realpath(workload_bin))
+        assert (target["version"], target["version_error"]) == (None, None)
+        started = target["start_time"]
+        assert abs(time.mktime(time.strptime(started[:19],
+                                             "%Y-%m-%dT%H:%M:%S")) +
+                   float("0" + started[19:26]) -
+                   proc_start_seconds(load.pid)) < 0.02
+        assert doc["tool"]["version"] == KD.__version__
+        assert doc["tool"]["command"][1:] == [
+            "--format", "json", "-p", str(load.pid), "--sample-time", "1"]
+
+
+def test_text_header(workload_bin):  # noqa: F811
+    with workload_ctl.Workload(workload_bin) as load:
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                   "0.3"])
+        started = proc_start_seconds(load.pid)
+    assert code == 0, err
+    lines = out.splitlines()
+    uname = os.uname()
+    cpus = os.cpu_count()
+    assert lines[0] == "# kernel_delay {}: {} -p {} --sample-time 0.3" \
+        .format(KD.__version__, SCRIPT, load.pid)
+    assert re.fullmatch(
+        r"# Host {}: Linux {} \({}\), {} CPUs?, load average "
+        r"\d+\.\d\d \d+\.\d\d \d+\.\d\d".format(
+            re.escape(uname.nodename), re.escape(uname.release),
+            platform.machine(), cpus), lines[1]), lines[1]
+    assert lines[2] == "# Process kd-main, PID {}: {}".format(
+        load.pid, os.path.realpath(workload_bin))
+    stamp = re.fullmatch(r"# Process started @(\S+) \(\S+ UTC\)", lines[3])
+    assert stamp, lines[3]
+    assert abs(time.mktime(time.strptime(stamp.group(1)[:19],
+                                         "%Y-%m-%dT%H:%M:%S")) +
+               float("0" + stamp.group(1)[19:]) - started) < 0.02
+    assert lines[4].startswith("# Start sampling @")
+    # The tables are as before.
+    assert "kd-sleep" in report.parse(out)[0].threads
+
+
+def test_json_lines_for_several_samples(workload_bin):  # noqa: F811
+    with workload_ctl.Workload(workload_bin) as load:
+        code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                    "0.3", "--sample-count", "3",
+                                    "--sample-interval", "0.2"])
+    assert code == 0, err
+    assert [doc["type"] for doc in docs] == ["sample"] * 3 + ["end"]
+    assert [doc["sample"] for doc in docs[:3]] == [1, 2, 3]
+    windows = [doc["window"] for doc in docs[:3]]
+    for earlier, later in zip(windows, windows[1:]):
+        assert later["start_ns"] - earlier["end_ns"] >= 190 * MSEC
+    for doc in docs[:3]:
+        sleeps = calls(threads_of(doc)["kd-sleep"])["clock_nanosleep"]
+        assert 13 <= sleeps["count"] <= 15
+    assert docs[3]["samples"] == 3
+    assert err.count("# Start sampling") == 3
+
+
+def test_output_file(workload_bin, tmp_path):  # noqa: F811
+    text_file, json_file = tmp_path / "report.txt", tmp_path / "r.json"
+    with workload_ctl.Workload(workload_bin) as load:
+        text = run_tool(["-p", str(load.pid), "--sample-time", "0.3",
+                         "--output", str(text_file)])
+        code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                    "0.3", "--output", str(json_file)])
+    assert text[0] == 0, text[2]
+    assert (text[1], text[2]) == ("", "")
+    written = text_file.read_text()
+    assert written.startswith("# kernel_delay ")
+    assert "kd-sleep" in report.parse(written)[0].threads
+    assert code == 0, err
+    assert docs == []
+    assert "# Start sampling" in err
+    written = [json.loads(line) for line in
+               json_file.read_text().splitlines()]
+    for doc in written:
+        validate(doc)
+    assert [doc["type"] for doc in written] == ["sample", "end"]
+    assert "kd-sleep" in threads_of(written[0])
+
+
+def test_output_file_error(tmp_path):
+    code, out, err = run_tool(["-p", str(os.getpid()), "--output",
+                               str(tmp_path / "no-such-dir" / "r.txt")])
+    assert code == os.EX_IOERR, err
+    assert err.count("\n") == 1 and err.startswith("ERROR: cannot write "
+                                                   "the report to ")
+    assert out == ""
+    assert leftovers() == []
+
+
+def test_json_interrupted(workload_bin):  # noqa: F811
+    with workload_ctl.Workload(workload_bin) as load:
+        code, docs, err = run_json(
+            ["-p", str(load.pid), "--sample-time", "60"],
+            on_start=lambda proc: (time.sleep(0.3),
+                                   proc.send_signal(signal.SIGINT)))
+    assert code == 0, err
+    assert [doc["type"] for doc in docs] == ["sample", "end"]
+    assert docs[0]["window"]["end"] == "interrupted"
+    assert 0.3 * NSEC <= docs[0]["window"]["duration_ns"] < 10 * NSEC
+    assert docs[1]["end"] == "interrupted"
+    assert err.rstrip().endswith("# Interrupted")
+
+
+def test_json_triggers_and_skipped_windows(workload_bin):  # noqa: F811
+    """kd_op() sleeps 5 ms, then 50 ms, alternately: with a 20 ms
+    --trigger-delta the short calls are skipped windows."""
+    with workload_ctl.Workload(workload_bin) as load:
+        code, docs, err = run_json(
+            ["-p", str(load.pid), "--start-trigger", "u:kd_workload:op_start",
+             "--stop-trigger", "u:kd_workload:op_end", "--trigger-delta",
+             "20000000", "--sample-count", "2"])
+    assert code == 0, err
+    kinds = [doc["type"] for doc in docs]
+    assert kinds.count("sample") == 2 and kinds[-1] == "end"
+    assert 1 <= kinds.count("skipped") <= 3
+    for doc in docs[:-1]:
+        window = doc["window"]
+        assert window["trigger_delta_ns"] == \
+            window["stop_trigger_ns"] - window["start_trigger_ns"]
+        if doc["type"] == "sample":
+            assert window["trigger_delta_ns"] >= 50 * MSEC
+            assert window["end"] == "trigger"
+            assert (window["start_ns"], window["end_ns"]) == \
+                (window["start_trigger_ns"], window["stop_trigger_ns"])
+            op = threads_of(doc)["kd-op"]
+            assert calls(op)["clock_nanosleep"]["count"] == 1
+        else:
+            assert 5 * MSEC <= window["trigger_delta_ns"] < 20 * MSEC
+        assert doc["options"]["start_trigger"] == "u:kd_workload:op_start"
+        assert doc["options"]["trigger_delta_ns"] == 20000000
+    assert docs[-1]["skipped"] == kinds.count("skipped")
+
+
+def test_process_by_name(tmp_path):
+    """--process finds a process by its name (the older spelling
+    --process-name too)."""
+    sleeper = tmp_path / "kd-json-sleeper"
+    sleeper.symlink_to(shutil.which("sleep"))
+    proc = subprocess.Popen([str(sleeper), "30"])
+    try:
+        time.sleep(0.2)
+        code, docs, err = run_json(["--process", "kd-json-sleeper",
+                                    "--sample-time", "0.3"])
+        # The older spelling still works.
+        old = run_tool(["--process-name", "kd-json-sleeper",
+                        "--sample-time", "0.3"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 0, err
+    assert (docs[0]["target"]["pid"], docs[0]["target"]["name"]) == \
+        (proc.pid, "kd-json-sleeper")
+    # Blocked in one sleep for the whole window.
+    assert docs[0]["threads"] == []
+    assert docs[0]["quiet_threads"] == [
+        {"tid": proc.pid, "name": "kd-json-sleeper",
+         "where": "in clock_nanosleep"}]
+    assert old[0] == 0, old[2]
+    assert "# Process kd-json-sleeper, PID {}:".format(proc.pid) in old[1]
+
+
+# ---- Real Open vSwitch ------------------------------------------------------
+
+def ovs_version(program):
+    return subprocess.run([program, "--version"], stdout=subprocess.PIPE,
+                          universal_newlines=True,
+                          check=True).stdout.splitlines()[0]
+
+
+def test_ovs_header_and_version(ovs):  # noqa: F811
+    code, out, err = run_tool(["--process", "ovs-vswitchd",
+                               "--sample-time", "0.3"])
+    assert code == 0, err
+    lines = out.splitlines()
+    expected = ovs_version("ovs-vswitchd")
+    assert expected.startswith("ovs-vswitchd (Open vSwitch) ")
+    assert lines[2].startswith("# Process ovs-vswitchd, PID {}: ".format(
+        ovs))
+    assert lines[4] == "# Version: " + expected
+    assert report.parse(out)[0].threads["ovs-vswitchd"]["tid"] == ovs
+
+    code, docs, err = run_json(["--process", "ovsdb-server",
+                                "--sample-time", "0.3"])
+    assert code == 0, err
+    target = docs[0]["target"]
+    assert target["name"] == "ovsdb-server"
+    assert target["version"] == ovs_version("ovsdb-server")
+    names = [thread["name"] for thread in docs[0]["threads"]] + \
+        [thread["name"] for thread in docs[0]["quiet_threads"]]
+    assert "ovsdb-server" in names
