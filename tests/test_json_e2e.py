@@ -351,7 +351,10 @@ def test_ovs_header_and_version(ovs):  # noqa: F811
     assert lines[2].startswith("# Process ovs-vswitchd, PID {}: ".format(
         ovs))
     assert lines[4] == "# Version: " + expected
-    assert report.parse(out)[0].threads["ovs-vswitchd"]["tid"] == ovs
+    window = report.parse(out)[0]
+    # The main thread may sleep in poll() through a short window.
+    assert window.threads.get("ovs-vswitchd", {}).get("tid") == ovs or \
+        "ovs-vswitchd ({}, in poll)".format(ovs) in window.quiet
 
     code, docs, err = run_json(["--process", "ovsdb-server",
                                 "--sample-time", "0.3"])
