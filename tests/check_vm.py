@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: Apache-2.0
+"""make check-vm: tests on a second kernel, booted once under qemu.
+
+This machine's kernel may lack kprobes, the openvswitch module or matching
+headers.  Debian's 6.1 kernel (linux-image-amd64, with linux-headers-amd64)
+has all three.  virtme-ng (vng) boots it with the host's file system as
+its root, so the script, bcc and the test workload are there, and runs
+tests/guest_vm.py inside it: each guest test is reported here as a test
+of its own, with the guest's output when it fails.  Software emulation
+(no KVM): about 20 s to boot, about 40 s per compile of the eBPF program.
+
+Also here: the task_struct offsets read from the guest kernel's BTF
+against offsetof() compiled by kbuild against its headers.
+
+Environment: KD_VM_KERNEL (a vmlinuz to boot; default: the newest
+/boot/vmlinuz-* with headers that is not the running kernel), VNG (the
+vng command), KD_VM_KVM=1 (use KVM instead of emulation).
+Not collected by `pytest tests` (no test_ prefix).
+"""
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+import workload_ctl
+from conftest import TOP
+
+pytestmark = pytest.mark.privileged
+
+# What runs in the guest, in one boot; one host test each.
+GUEST_TESTS = [
+    "tests/guest_vm.py::test_kprobe_window_with_real_headers[btf]",
+    "tests/guest_vm.py::test_kprobe_window_with_real_headers[headers]",
+    "tests/test_triggers.py::test_trigger_errors"
+    "[k:kd_no_such_function-kprobe-None]",
+    "tests/test_triggers.py::test_trigger_errors"
+    "[kr:kd_no_such_function-kprobe-None]",
+]
+GUEST_TIMEOUT = 1200    # seconds, boot included
+LOG_TAIL = 12000        # characters of guest output shown on a failure
+
+
+def release_key(release):
+    return [int(n) if n.isdigit() else n
+            for n in re.split(r"(\d+)", release)]
+
+
+def guest_kernel():
+    """(vmlinuz path, release) of the kernel to boot, or None."""
+    chosen = os.environ.get("KD_VM_KERNEL")
+    if chosen:
+        return chosen, os.path.basename(chosen).split("-", 1)[-1]
+    running = os.uname().release
+    found = [os.path.basename(path)[len("vmlinuz-"):]
+             for path in glob.glob("/boot/vmlinuz-*")]
+    found = [rel for rel in found
+             if os.path.exists("/lib/modules/{}/build".format(rel))]
+    found.sort(key=lambda rel: (rel != running, release_key(rel)))
+    if not found:
+        return None
+    return "/boot/vmlinuz-" + found[-1], found[-1]
+
+
+def vng_command():
+    return os.environ.get("VNG") or shutil.which("vng")
+
+
+def vm_problem():
+    """Why the guest cannot be booted here, or None."""
+    if os.geteuid() != 0:
+        return "not root (the guest's tests load eBPF programs as root)"
+    if not vng_command():
+        return "no vng (virtme-ng): run `make deps-vm`"
+    if not shutil.which("qemu-system-x86_64"):
+        return "no qemu-system-x86_64: run `make deps-vm`"
+    if guest_kernel() is None:
+        return ("no /boot/vmlinuz-* with headers in /lib/modules/*/build: "
+                "run `make deps-vm`")
+    return None
+
+
+class Guest:
+    """What one boot of the guest left in its output directory."""
+
+    def __init__(self, out, release, console, code, seconds):
+        self.out, self.release = out, release
+        self.console, self.code, self.seconds = console, code, seconds
+
+    def read(self, name, default=None):
+        try:
+            with open(os.path.join(self.out, name), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return default
+
+    def log(self):
+        """The guest's pytest output, else the console (boot messages)."""
+        text = self.read("guest.log") or self.console
+        return text[-LOG_TAIL:]
+
+    def results(self):
+        """junit testcase name -> (outcome, text)."""
+        text = self.read("guest.xml")
+        if text is None:
+            return {}
+        results = {}
+        for case in ElementTree.fromstring(text).iter("testcase"):
+            outcome, detail = "passed", ""
+            for child in case:
+                if child.tag in ("failure", "error", "skipped"):
+                    outcome = child.tag
+                    detail = "{}\n{}".format(child.get("message", ""),
+                                             child.text or "")
+            name = "{}::{}".format(case.get("classname"), case.get("name"))
+            results[name] = (outcome, detail)
+        return results
+
+
+GUEST_SCRIPT = """\
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin KD_IN_GUEST=1 CI=true
+export KD_WORKLOAD={workload} KD_VM_OUT={out} PYTHONDONTWRITEBYTECODE=1
+cd {top} || exit 1
+uname -r > {out}/release
+cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
+/usr/bin/python3 -m pytest -v -p no:cacheprovider --junitxml={out}/guest.xml \\
+    {tests} > {out}/guest.log 2>&1
+echo $? > {out}/rc
+"""
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    problem = vm_problem()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail("make check-vm cannot run under CI=true: " + problem)
+        pytest.skip(problem)
+    image, release = guest_kernel()
+    out = str(tmp_path_factory.mktemp("guest"))
+    workload = workload_ctl.build(out)
+    script = os.path.join(out, "run.sh")
+    with open(script, "w") as f:
+        f.write(GUEST_SCRIPT.format(workload=workload, top=TOP, out=out,
+                                    tests=" ".join(
+                                        "'{}'".format(test)
+                                        for test in GUEST_TESTS)))
+    cmd = ["nice", "-n", "10", vng_command(), "-r", image, "--cpus", "2",
+           "--memory", "2G", "--rwdir", out, "--", "sh " + script]
+    if os.environ.get("KD_VM_KVM") != "1":
+        # KVM hangs or aborts on some hosts: emulate.
+        cmd.insert(cmd.index("--cpus"), "--disable-kvm")
+    started = time.monotonic()
+    console = os.path.join(out, "console.log")
+    with open(console, "w") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=TOP,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=GUEST_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+    seconds = time.monotonic() - started
+    with open(console, errors="replace") as log:
+        text = log.read()
+    print("guest {} ran for {:.0f} s".format(release, seconds))
+    return Guest(out, release, text, code, seconds)
+
+
+def test_guest_boots_and_runs_its_tests(guest):
+    booted = (guest.read("release") or "").strip()
+    assert booted == guest.release, (
+        "the guest did not boot {} (vng exit {}, {:.0f} s):\n{}".format(
+            guest.release, guest.code, guest.seconds, guest.console[
+                -LOG_TAIL:]))
+    assert guest.read("rc") is not None, (
+        "the guest's tests did not finish within {} s:\n{}".format(
+            GUEST_TIMEOUT, guest.log()))
+
+
+def junit_name(node_id):
+    path, name = node_id.split("::", 1)
+    return "{}::{}".format(path[:-len(".py")].replace("/", "."), name)
+
+
+@pytest.mark.parametrize("node_id", GUEST_TESTS)
+def test_in_guest(guest, node_id):
+    outcome, detail = guest.results().get(junit_name(node_id),
+                                          ("not run", ""))
+    if outcome != "passed":
+        pytest.fail("{} in the guest ({}): {}\n---- guest output ----\n{}"
+                    .format(outcome, guest.release, detail[-LOG_TAIL:],
+                            guest.log()), pytrace=False)
+
+
+# offsetof() and sizeof() as the kernel's own build sees them: kbuild's
+# asm-offsets markers ("->NAME $VALUE") in the compiler's assembly output.
+OFFSETS_C = """\
+#include <linux/kbuild.h>
+#include <linux/sched.h>
+#include <asm/ptrace.h>
+
+void kd_offsets(void);
+void kd_offsets(void)
+{
+\tOFFSET(KD_PID, task_struct, pid);
+\tOFFSET(KD_TGID, task_struct, tgid);
+\tOFFSET(KD_STATE, task_struct, __state);
+\tDEFINE(KD_STATE_SIZE, sizeof(((struct task_struct *)0)->__state));
+\tOFFSET(KD_ON_CPU, task_struct, on_cpu);
+\tOFFSET(KD_REGS_NR, pt_regs, orig_ax);
+\tDEFINE(KD_REGS_NR_SIZE, sizeof(((struct pt_regs *)0)->orig_ax));
+}
+"""
+
+
+def kbuild_offsets(release, workdir):
+    with open(os.path.join(workdir, "kd_offsets.c"), "w") as f:
+        f.write(OFFSETS_C)
+    with open(os.path.join(workdir, "Kbuild"), "w") as f:
+        f.write("obj-m := kd_offsets.o\n")
+    res = subprocess.run(
+        ["make", "-s", "-C", "/lib/modules/{}/build".format(release),
+         "M=" + workdir, "kd_offsets.s"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode == 0, res.stdout
+    with open(os.path.join(workdir, "kd_offsets.s")) as f:
+        return {name: int(value) for name, value in
+                re.findall(r"->(KD_\w+) \$(\d+)", f.read())}
+
+
+def test_btf_offsets_of_the_guest_kernel(guest, kd, tmp_path):
+    """The BTF reader on the guest kernel (its task_struct is laid out
+    differently from this machine's) finds what its headers say."""
+    blob = os.path.join(guest.out, "vmlinux.btf")
+    assert os.path.exists(blob), guest.console[-LOG_TAIL:]
+    with open(blob, "rb") as f:
+        layout = kd.task_layout_from_btf(f.read())
+    want = kbuild_offsets(guest.release, str(tmp_path))
+    assert (layout.pid_offset, layout.tgid_offset, layout.state_offset,
+            layout.state_size, layout.on_cpu_offset, layout.regs_nr_offset,
+            layout.regs_nr_size) == (
+        want["KD_PID"], want["KD_TGID"], want["KD_STATE"],
+        want["KD_STATE_SIZE"], want["KD_ON_CPU"], want["KD_REGS_NR"],
+        want["KD_REGS_NR_SIZE"])
