@@ -2187,13 +2187,28 @@ def choose_layout(btf_path=BTF_PATH):
     return TaskLayout(0, 0, 0, 0, source="headers")
 
 
+# Where include trees go: a memory file system first, as a disk file
+# system under load can take half a second for the tree's 600 symlinks.
+SHM_DIR = "/dev/shm"
+
+
+def tree_parents():
+    """The directories an include tree may be made in, best first."""
+    return [path for path in (SHM_DIR, tempfile.gettempdir())
+            if os.path.isdir(path)]
+
+
 def remove_stale_trees():
     """Remove include trees left by runs that were killed (SIGKILL)."""
-    tmp = tempfile.gettempdir()
-    for name in os.listdir(tmp):
-        match = re.match(r"kernel_delay\.(\d+)\.", name)
-        if match and not os.path.exists("/proc/" + match.group(1)):
-            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    for tmp in tree_parents():
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            continue
+        for name in names:
+            match = re.match(r"kernel_delay\.(\d+)\.", name)
+            if match and not os.path.exists("/proc/" + match.group(1)):
+                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
 def make_include_tree(root, machine=None):
@@ -2234,7 +2249,13 @@ def new_tree_dir():
     this process so that a later run can remove it if this one is
     killed."""
     remove_stale_trees()
-    return tempfile.mkdtemp(prefix="kernel_delay.{}.".format(os.getpid()))
+    prefix = "kernel_delay.{}.".format(os.getpid())
+    for parent in tree_parents()[:-1]:
+        try:
+            return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        except OSError:
+            pass        # read-only or full: the next one
+    return tempfile.mkdtemp(prefix=prefix)
 
 
 class CapturedStderr:

@@ -85,8 +85,9 @@ RUN_PIDS = []
 def leftovers():
     """Traces of the tests' runs: temporary trees, probe definitions."""
     prefixes = tuple("kernel_delay.{}.".format(pid) for pid in RUN_PIDS)
-    found = [name for name in os.listdir(tempfile.gettempdir())
-             if name.startswith(prefixes)]
+    found = [name for tmp in (tempfile.gettempdir(), "/dev/shm")
+             if os.path.isdir(tmp)
+             for name in os.listdir(tmp) if name.startswith(prefixes)]
     for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         for table in ("uprobe_events", "kprobe_events"):
             try:

@@ -911,6 +911,23 @@ def test_remove_stale_trees(kd, tmp_path, monkeypatch):
         [live.name, other.name])
 
 
+def test_tree_dir_prefers_memory(kd, tmp_path, monkeypatch):
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(kd.tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(kd, "SHM_DIR", str(shm))
+    # No memory file system: the usual temporary directory.
+    assert os.path.dirname(kd.new_tree_dir()) == str(tmp)
+    shm.mkdir()
+    stale = shm / "kernel_delay.999999999.z"
+    stale.mkdir()
+    root = kd.new_tree_dir()
+    assert os.path.dirname(root) == str(shm)
+    assert os.path.basename(root).startswith(
+        "kernel_delay.{}.".format(os.getpid()))
+    assert not stale.exists()
+
+
 def test_process_alive(kd):
     assert kd.process_alive(os.getpid())
     assert not kd.process_alive(999999999)
