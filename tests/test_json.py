@@ -556,3 +556,34 @@ def test_output_file_that_cannot_be_written(kd, capsys, tmp_path):
     assert str(exc.value) == ("cannot write the report to {} (No such file "
                               "or directory); choose another --output file"
                               .format(missing))
+
+
+def test_daemon_version_asks_the_daemon_when_the_binary_fails(kd,
+                                                              monkeypatch):
+    """A container may not have the libraries the host's binary needs:
+    then ovs-appctl asks the running daemon, through its control socket
+    seen from the host's /proc."""
+    monkeypatch.setattr(kd.shutil, "which", lambda name: "/bin/" + name)
+    sockets = []
+
+    def exists(path):
+        sockets.append(path)
+        return path.startswith("/proc/9/root/run/")
+    monkeypatch.setattr(kd.os.path, "exists", exists)
+    run = FakeRun((127, b"", b"ovs-vswitchd: error while loading shared "
+                             b"libraries: libunbound.so.8\n"),
+                  (0, b"ovs-vswitchd (Open vSwitch) 3.3.0\n", b""))
+    assert kd.daemon_version(9, "ovs-vswitchd", run) == \
+        ("ovs-vswitchd (Open vSwitch) 3.3.0", None)
+    assert sockets == ["/proc/9/root/var/run/openvswitch/ovs-vswitchd.9.ctl",
+                       "/proc/9/root/run/openvswitch/ovs-vswitchd.9.ctl"]
+    assert run.calls[1] == (
+        ["/bin/ovs-appctl", "--timeout={}".format(kd.VERSION_TIMEOUT), "-t",
+         "/proc/9/root/run/openvswitch/ovs-vswitchd.9.ctl", "version"],
+        "/bin/ovs-appctl", kd.VERSION_TIMEOUT)
+    # Both fail: why, for each.
+    run = FakeRun((127, b"", b"libunbound.so.8: not found\n"),
+                  subprocess.TimeoutExpired(["x"], 3))
+    assert kd.daemon_version(9, "ovs-vswitchd", run) == (
+        None, "ovs-vswitchd --version: libunbound.so.8: not found; "
+              "ovs-appctl version: no answer within 3 s")
