@@ -31,8 +31,10 @@ Documentation: kernel_delay.rst next to this file.
 """
 
 import argparse
+import ctypes
 import datetime
 import enum
+import errno
 import json
 import os
 import platform
@@ -2555,6 +2557,69 @@ def plain(value):
     return value
 
 
+def _text(raw):
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def ctypes_layout(ctype):
+    """(struct format, rebuild) for a ctypes key or value type of a map:
+    the format unpacks one item of raw map data into a flat tuple, and
+    rebuild(iterator over that tuple) returns what plain() returns."""
+    if hasattr(ctype, "_fields_"):
+        fmt, parts, offset = "", [], 0
+        for name, member in ctype._fields_:
+            start = getattr(ctype, name).offset
+            fmt += "{}x".format(start - offset) if start > offset else ""
+            member_fmt, rebuild = ctypes_layout(member)
+            fmt += member_fmt
+            parts.append(rebuild)
+            offset = start + ctypes.sizeof(member)
+        tail = ctypes.sizeof(ctype) - offset
+        fmt += "{}x".format(tail) if tail else ""
+        return fmt, lambda flat: tuple(part(flat) for part in parts)
+    if hasattr(ctype, "_length_"):      # arrays: as plain(), char arrays
+        size = ctypes.sizeof(ctype)
+        return "{}s".format(size), lambda flat: _text(next(flat))
+    code = getattr(ctype, "_type_", None)
+    if code == "?":
+        return "?", next
+    if code == "c":
+        return "s", lambda flat: _text(next(flat))
+    if code in ("b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"):
+        # By size: ctypes' long is 8 bytes on 64-bit, struct's '<L' 4.
+        letter = "BHIQ"[ctypes.sizeof(ctype).bit_length() - 1]
+        return letter if code.isupper() else letter.lower(), next
+    raise ValueError("no layout for {}".format(ctype))
+
+
+def unpack_rows(key_type, leaf_type, keys, leaves, count):
+    """count (key, value) pairs as plain() gives them, from the raw
+    buffers keys and leaves of a batch lookup."""
+    key_fmt, key_rebuild = ctypes_layout(key_type)
+    leaf_fmt, leaf_rebuild = ctypes_layout(leaf_type)
+    key_size, leaf_size = ctypes.sizeof(key_type), ctypes.sizeof(leaf_type)
+    key_rows = struct.iter_unpack("<" + key_fmt, keys[:count * key_size])
+    leaf_rows = struct.iter_unpack("<" + leaf_fmt,
+                                   leaves[:count * leaf_size])
+    # Shortcuts for the common shapes: a number, a struct of numbers.
+    if key_rebuild is next:
+        keys_out = [key[0] for key in key_rows]
+    elif _numbers_only(key_type):
+        keys_out = list(key_rows)
+    else:
+        keys_out = [key_rebuild(iter(key)) for key in key_rows]
+    if _numbers_only(leaf_type):
+        return list(zip(keys_out, leaf_rows))
+    return [(key, leaf_rebuild(iter(leaf)))
+            for key, leaf in zip(keys_out, leaf_rows)]
+
+
+def _numbers_only(ctype):
+    """A struct whose members are all numbers."""
+    return hasattr(ctype, "_fields_") and all(
+        ctypes_layout(member)[1] is next for _, member in ctype._fields_)
+
+
 class Probes:
     """The compiled and attached eBPF program of one run."""
 
@@ -2608,25 +2673,49 @@ class Probes:
         end_ns."""
         rows = {}
         for name in self.STAT_TABLES:
-            rows[name] = []
-            for key, value in self.bpf[name].items():
-                key = plain(key)
-                rows[name].append((key if isinstance(key, tuple) else (key,),
-                                   Acc(*plain(value))))
+            rows[name] = [(key if isinstance(key, tuple) else (key,),
+                           Acc(*value)) for key, value in self.rows(name)]
         sched_rows, starts, lost = split_sched_state(
-            [(plain(key), plain(value))
-             for key, value in self.bpf["sched_state"].items()])
+            self.rows("sched_state"))
         rows.update(sched_rows)
         threads = collect_threads(rows)
         for tid, count in lost.items():
             threads.setdefault(tid, ThreadStats(tid=tid)).lost = count
         add_open_periods(threads, starts, end_ns)
-        exited = {plain(k): plain(v)[0]
-                  for k, v in self.bpf["exit_names"].items()}
+        exited = {key: value[0] for key, value in self.rows("exit_names")}
         for tid, stats in threads.items():
             stats.name = (thread_name(self.pid, tid) or exited.get(tid) or
                           "<unknown:{}/{}>".format(self.pid, tid))
         return threads
+
+    def rows(self, name):
+        """All (key, value) pairs of hash map name, as plain() gives them:
+        in one batch lookup (Linux 5.6), else one lookup per entry."""
+        table = self.bpf[name]
+        key_size = ctypes.sizeof(table.Key)
+        leaf_size = ctypes.sizeof(table.Leaf)
+        room = table.max_entries
+        keys = ctypes.create_string_buffer(room * key_size)
+        leaves = ctypes.create_string_buffer(room * leaf_size)
+        token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total = 0
+        while total < room:
+            count.value = room - total
+            failed = bcc.libbcc.lib.bpf_lookup_batch(
+                table.map_fd, ctypes.byref(token) if total else None,
+                ctypes.byref(token), ctypes.byref(keys, total * key_size),
+                ctypes.byref(leaves, total * leaf_size), ctypes.byref(count))
+            error = ctypes.get_errno()
+            total += count.value
+            if failed and error == errno.ENOENT:
+                break           # the whole map has been read
+            if failed:
+                return [(plain(key), plain(value))
+                        for key, value in table.items()]
+            if not count.value:
+                break
+        return unpack_rows(table.Key, table.Leaf, keys.raw, leaves.raw,
+                           total)
 
     def quiet_threads(self, threads, syscall_names):
         """(tid, name, where) of live threads that are not in threads."""

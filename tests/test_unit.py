@@ -5,6 +5,7 @@ None of them needs root or bcc.
 """
 
 import argparse
+import ctypes
 import datetime
 import io
 import os
@@ -1108,3 +1109,40 @@ def test_render_regs_nr(kd):
     assert "typedef s64 regs_nr_t;" in source
     source = kd.render_bpf_source(1, kd.TaskLayout(1, 2, 3, 4), POLL_NRS)
     assert re.search(r"^#define HAVE_REGS_NR +0$", source, re.M)
+
+
+# ---- Raw map data as plain Python ------------------------------------------
+
+class _Acc(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_ulonglong), ("total", ctypes.c_ulonglong),
+                ("min", ctypes.c_ulonglong), ("max", ctypes.c_ulonglong)]
+
+
+class _Key(ctypes.Structure):
+    # A char array followed by padding before the 8-byte member.
+    _fields_ = [("tid", ctypes.c_uint), ("name", ctypes.c_char * 5),
+                ("ts", ctypes.c_ulonglong), ("flag", ctypes.c_bool),
+                ("delta", ctypes.c_int)]
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_ulonglong), ("run", _Acc),
+                ("key", _Key), ("signed", ctypes.c_long)]
+
+
+def test_unpack_rows_matches_plain(kd):
+    keys = [_Key(7, b"ab", 2**40, True, -3), _Key(8, b"abcde", 0, False, 5)]
+    entries = [_Entry(1, _Acc(1, 2, 3, 4), keys[1], -8),
+               _Entry(2**63, _Acc(), keys[0], 2**40)]
+    for key_type, leaf_type, key_list, leaf_list in (
+            (_Key, _Entry, keys, entries),
+            (ctypes.c_uint, _Acc, [ctypes.c_uint(9), ctypes.c_uint(2**32 - 1)],
+             [_Acc(5, 6, 7, 8), _Acc()])):
+        raw_keys = b"".join(bytes(key) for key in key_list)
+        raw_leaves = b"".join(bytes(leaf) for leaf in leaf_list)
+        # A batch lookup's buffers are larger than what it returned.
+        rows = kd.unpack_rows(key_type, leaf_type, raw_keys + b"\xff" * 64,
+                              raw_leaves + b"\xff" * 200, len(key_list))
+        assert rows == [(kd.plain(key), kd.plain(leaf))
+                        for key, leaf in zip(key_list, leaf_list)]
+    assert kd.plain(keys[1])[1] == "abcde"
