@@ -49,7 +49,7 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 __version__ = "1.0"
 
@@ -433,6 +433,295 @@ static __always_inline void kd_close_run(struct sched_t *entry, u64 now)
     entry->switched = 1;
 }
 
+/* ---- Time budget: asleep, stopped, and who held the CPU -------------- */
+/*
+ * Besides on a CPU, waiting for one or stopped, a thread can be asleep:
+ * switched out in TASK_INTERRUPTIBLE or TASK_UNINTERRUPTIBLE until its
+ * wakeup.  Sleeps are booked to the system call the thread slept in.  For
+ * a call that entered before the window, the number is known only when
+ * it returns (from the registers, in sys_exit): until then its sleep
+ * waits in budget_t.unknown.  Only target threads inside a window get here.
+ */
+#define SLEEP_STATE_MASK 0x3        /* TASK_(UN)INTERRUPTIBLE */
+#define DEAD_STATE_MASK 0x80        /* TASK_DEAD: the final switch out */
+#define NR_UNKNOWN      -2          /* a call entered before the window,
+                                     * or none */
+#define NR_HISTOGRAM    @HISTOGRAM@
+#define MAX_HOLDER_KEYS @MAX_HOLDER_KEYS@
+#define CPU_SEGS        8           /* switches remembered per CPU */
+
+struct budget_t {
+    u64 sleep_start;    /* asleep since (0: not asleep) */
+    s64 sleep_nr;       /* in this system call, or NR_UNKNOWN */
+    u64 unknown;        /* ns asleep in a call not known yet */
+    u64 stop_ready;     /* stopped time also counted as ready */
+    u64 call_done;      /* the call of the window's start has returned */
+};
+
+/* Who ran on a CPU, from start to end: the last CPU_SEGS switches. */
+struct seg_t {
+    u64 start;
+    u64 end;
+    u32 pid;
+    u32 tgid;
+    char comm[16];
+};
+
+struct cpu_log_t {
+    u64 last;           /* time of the last switch on this CPU */
+    u64 idx;
+    struct seg_t seg[CPU_SEGS];
+};
+
+struct holder_key_t {
+    u32 tid;            /* the thread that waited */
+    u32 pid;            /* the task that ran meanwhile */
+};
+
+struct holder_t {
+    u64 ns;
+    u32 tgid;
+    u32 pad;
+    char comm[16];
+};
+
+struct signal_key_t {
+    u32 sig;
+    u32 sender;
+};
+
+struct signal_t {
+    u64 count;
+    u32 tgid;
+    u32 target;
+    char comm[16];
+};
+
+BPF_HASH(budget_state, u32, struct budget_t, MAX_THREADS);
+BPF_HASH(blocked_stats, struct sys_key_t, u64, MAX_SYS_KEYS);
+BPF_PERCPU_ARRAY(cpu_log, struct cpu_log_t, 1);
+BPF_HASH(holders, struct holder_key_t, struct holder_t, MAX_HOLDER_KEYS);
+BPF_HASH(stop_signals, struct signal_key_t, struct signal_t, 64);
+
+static __always_inline struct budget_t *kd_budget_entry(u32 tid)
+{
+    struct budget_t *entry = budget_state.lookup(&tid);
+
+    if (entry)
+        return entry;
+
+    struct budget_t zero = { .sleep_nr = NR_UNKNOWN };
+
+    budget_state.insert(&tid, &zero);
+    entry = budget_state.lookup(&tid);
+    if (!entry)
+        kd_bump(COUNTER_BUDGET_FULL);
+    return entry;
+}
+
+static __always_inline void kd_book_blocked(u32 tid, u32 nr, u64 ns)
+{
+    struct sys_key_t key = { .tid = tid, .nr = nr };
+    u64 zero = 0;
+    u64 *total = blocked_stats.lookup_or_try_init(&key, &zero);
+
+    if (total)
+        __sync_fetch_and_add(total, ns);
+    else
+        kd_bump(COUNTER_BLOCKED_FULL);
+}
+
+/* A target thread switched out, neither preempted nor stopped. */
+static __always_inline void kd_budget_sleeps(u32 tid, u64 state, u64 now)
+{
+    if (!(state & SLEEP_STATE_MASK) || (state & DEAD_STATE_MASK))
+        return;
+
+    struct budget_t *entry = kd_budget_entry(tid);
+    struct sys_start_t *call = sys_start.lookup(&tid);
+
+    if (!entry)
+        return;
+    entry->sleep_start = now;
+    entry->sleep_nr = call && call->ts && call->window == kd_window_start() ?
+                      (s64)call->nr : NR_UNKNOWN;
+}
+
+/* A target thread's wait for a CPU starts with a wakeup: its sleep ends.
+ * A thread first seen at its wakeup (not a new one) slept since the
+ * window opened, or was stopped. */
+static __always_inline void kd_budget_wakes(u32 tid, struct sched_t *sched,
+                                            u64 now, bool new_task)
+{
+    struct budget_t *entry = budget_state.lookup(&tid);
+    u64 start = 0;
+    s64 nr = NR_UNKNOWN;
+
+    if (entry && entry->sleep_start) {
+        start = entry->sleep_start;
+        nr = entry->sleep_nr;
+        entry->sleep_start = 0;
+    } else if (!entry && !sched->switched && !new_task) {
+        start = kd_window_start();
+        entry = kd_budget_entry(tid);
+    }
+    if (!entry || !start || now < start)
+        return;
+    if (nr == NR_UNKNOWN)
+        __sync_fetch_and_add(&entry->unknown, now - start);
+    else
+        kd_book_blocked(tid, nr, now - start);
+}
+
+/* The call a target thread was in when the window opened returns: its
+ * sleep so far was in system call nr. */
+static __always_inline void kd_budget_call_known(u32 tid, long nr)
+{
+    struct budget_t *entry = kd_budget_entry(tid);
+
+    if (!entry)
+        return;
+    if (entry->unknown) {
+        kd_book_blocked(tid, nr, entry->unknown);
+        entry->unknown = 0;
+    }
+    entry->call_done = 1;
+}
+
+/* A stopped thread is back on a CPU: the part of its stop after SIGCONT
+ * woke it was also a wait for a CPU. */
+static __always_inline void kd_budget_stop_ends(u32 tid, struct sched_t *sched,
+                                                u64 now)
+{
+    if (!sched->stop_start || sched->ready_start <= sched->stop_start ||
+        now < sched->ready_start)
+        return;
+
+    struct budget_t *entry = kd_budget_entry(tid);
+
+    if (entry)
+        entry->stop_ready += now - sched->ready_start;
+}
+
+/* Every switch on this CPU while capturing: prev ran until now. */
+static __always_inline struct cpu_log_t *kd_log_switch(u64 now)
+{
+    u32 zero = 0;
+    struct cpu_log_t *log = cpu_log.lookup(&zero);
+
+    if (!log)
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct seg_t *seg = &log->seg[log->idx & (CPU_SEGS - 1)];
+
+    seg->start = log->last;
+    seg->end = now;
+    seg->pid = pid_tgid;
+    seg->tgid = pid_tgid >> 32;
+    bpf_get_current_comm(&seg->comm, sizeof(seg->comm));
+    log->idx++;
+    log->last = now;
+    return log;
+}
+
+/* A target thread waited from start to now for this CPU: book who ran
+ * on it meanwhile, as far as the log goes back. */
+static __always_inline void kd_book_holders(u32 tid, struct cpu_log_t *log,
+                                            u64 start, u64 now)
+{
+    if (!log)
+        return;
+#pragma unroll
+    for (int i = 0; i < CPU_SEGS; i++) {
+        struct seg_t *seg = &log->seg[i];
+        u64 from = seg->start > start ? seg->start : start;
+        u64 to = seg->end < now ? seg->end : now;
+
+        if (to <= from || seg->pid == tid)
+            continue;
+
+        struct holder_key_t key = { .tid = tid, .pid = seg->pid };
+        struct holder_t zero = {};
+        struct holder_t *holder = holders.lookup_or_try_init(&key, &zero);
+
+        if (!holder) {
+            kd_bump(COUNTER_HOLDERS_FULL);
+            continue;
+        }
+        __sync_fetch_and_add(&holder->ns, to - from);
+        holder->tgid = seg->tgid;
+        __builtin_memcpy(holder->comm, seg->comm, sizeof(holder->comm));
+    }
+}
+
+/* Stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) sent to the target:
+ * by whom. */
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    u32 target = args->pid;
+    int sig = args->sig;
+
+    if (sig < 19 || sig > 22 || !kd_capturing())
+        return 0;
+    if (target != MONITOR_TGID && !sched_state.lookup(&target))
+        return 0;
+
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct signal_key_t key = { .sig = sig, .sender = (u32)pid_tgid };
+    struct signal_t zero = {};
+    struct signal_t *seen = stop_signals.lookup_or_try_init(&key, &zero);
+
+    if (!seen)
+        return 0;
+    seen->count++;
+    seen->tgid = pid_tgid >> 32;
+    seen->target = target;
+    bpf_get_current_comm(&seen->comm, sizeof(seen->comm));
+    return 0;
+}
+
+#if NR_HISTOGRAM
+/* --histogram: log2 buckets of system call durations per thread and
+ * call, and of waits for a CPU per thread (nr 0). */
+struct hist_key_t {
+    u32 tid;
+    u32 nr;
+    u32 slot;
+};
+
+BPF_HASH(sys_hist, struct hist_key_t, u64, MAX_HOLDER_KEYS);
+BPF_HASH(ready_hist, struct hist_key_t, u64, MAX_HOLDER_KEYS);
+#endif
+
+static __always_inline void kd_hist_sys(u32 tid, u32 nr, u64 ns)
+{
+#if NR_HISTOGRAM
+    struct hist_key_t key = { .tid = tid, .nr = nr, .slot = bpf_log2l(ns) };
+    u64 zero = 0;
+    u64 *count = sys_hist.lookup_or_try_init(&key, &zero);
+
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        kd_bump(COUNTER_HIST_FULL);
+#endif
+}
+
+static __always_inline void kd_hist_ready(u32 tid, u64 ns)
+{
+#if NR_HISTOGRAM
+    struct hist_key_t key = { .tid = tid, .slot = bpf_log2l(ns) };
+    u64 zero = 0;
+    u64 *count = ready_hist.lookup_or_try_init(&key, &zero);
+
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        kd_bump(COUNTER_HIST_FULL);
+#endif
+}
+
 /* ---- System calls and poll() gaps ---------------------------------- */
 /* Raw tracepoints: every system call of every process passes here, and
  * they skip the copy of the arguments into a trace record.  Other
@@ -528,6 +817,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
         if (kd_restarting(ret) && IS_POLL(nr))
             kd_poll_restarts(kd_sys_entry(tid), nr);
+        kd_budget_call_known(tid, nr);
         return 0;
     }
 
@@ -539,6 +829,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     start->ts = 0;
     kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
                COUNTER_SYS_STATS_FULL);
+    kd_hist_sys(tid, key.nr, delta);
     if (!IS_POLL(key.nr))
         return 0;
     if (kd_restarting(ret))
@@ -550,7 +841,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
 /* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
 
-static __always_inline void kd_ready_since(void *task)
+static __always_inline void kd_ready_since(void *task, bool new_task)
 {
     u64 ids = kd_task_ids(task);
 
@@ -561,24 +852,29 @@ static __always_inline void kd_ready_since(void *task)
     if (kd_task_on_cpu(task))
         return;
 
-    struct sched_t *entry = kd_sched_entry(ids);
+    u32 tid = ids;
+    struct sched_t *entry = kd_sched_entry(tid);
 
     /* Keep an older stamp: a wakeup of a task that is already queued
      * (preempted while going to sleep) does not restart its wait. */
-    if (entry && !entry->ready_start)
-        entry->ready_start = bpf_ktime_get_ns();
+    if (entry && !entry->ready_start) {
+        u64 now = bpf_ktime_get_ns();
+
+        kd_budget_wakes(tid, entry, now, new_task);
+        entry->ready_start = now;
+    }
 }
 
 /* args: struct task_struct *p */
 RAW_TRACEPOINT_PROBE(sched_wakeup)
 {
-    kd_ready_since((void *)ctx->args[0]);
+    kd_ready_since((void *)ctx->args[0], false);
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 {
-    kd_ready_since((void *)ctx->args[0]);
+    kd_ready_since((void *)ctx->args[0], true);
     return 0;
 }
 
@@ -590,12 +886,18 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 next_ids = kd_task_ids((void *)ctx->args[2]);
 
-    if (!(kd_is_target(pid_tgid) || kd_is_target(next_ids)) ||
-        !kd_capturing())
+    if (!(kd_is_target(pid_tgid) || kd_is_target(next_ids))) {
+        /* Other tasks' switches only go into the CPU log (time budget). */
+        if (kd_capturing())
+            kd_log_switch(bpf_ktime_get_ns());
+        return 0;
+    }
+    if (!kd_capturing())
         return 0;
 
     u64 now = bpf_ktime_get_ns();
     struct sched_t *entry;
+    struct cpu_log_t *log = kd_log_switch(now);
 
     if (kd_is_target(pid_tgid) && (entry = kd_sched_entry(pid_tgid))) {
         /* The state is read live rather than from the prev_state
@@ -611,6 +913,8 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         /* (An older stop stamp means its end was not reported.) */
         entry->stop_start = !preempted && (state & STOPPED_STATE_MASK) ?
                             now : 0;
+        if (!preempted)
+            kd_budget_sleeps(pid_tgid, state, now);
     }
 
     if (!kd_is_target(next_ids))
@@ -625,8 +929,12 @@ RAW_TRACEPOINT_PROBE(sched_switch)
      * window opened: every way onto a run queue inside the window
      * (wakeup, new task, preemption) leaves one. */
     start = kd_period_start(entry, entry->ready_start);
-    if (start && now >= start)
+    if (start && now >= start) {
         kd_acc_add(&entry->ready, now - start);
+        kd_book_holders(next_ids, log, start, now);
+        kd_hist_ready(next_ids, now - start);
+    }
+    kd_budget_stop_ends(next_ids, entry, now);
     if (entry->stop_start && now >= entry->stop_start)
         kd_acc_add(&entry->stop, now - entry->stop_start);
     entry->ready_start = 0;
@@ -844,6 +1152,10 @@ class Counter(enum.IntEnum):
     NAME_FULL = 10
     SCHED_FULL = 11
     SCHED_LOST = 12
+    BUDGET_FULL = 13
+    BLOCKED_FULL = 14
+    HOLDERS_FULL = 15
+    HIST_FULL = 16
 
 
 def c_enum(enum_class, prefix):
@@ -864,6 +1176,10 @@ COUNTER_TABLES = {
     Counter.SOFTIRQ_FULL: "soft IRQ",
     Counter.NAME_FULL: "exited thread name",
     Counter.SCHED_FULL: "scheduler state",
+    Counter.BUDGET_FULL: "time budget",
+    Counter.BLOCKED_FULL: "blocked time",
+    Counter.HOLDERS_FULL: "CPU holder",
+    Counter.HIST_FULL: "histogram",
 }
 
 SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
@@ -917,6 +1233,134 @@ class ThreadStats:
     lost: int = 0       # switches the kernel did not report
     hardirqs: Dict[str, Acc] = field(default_factory=dict)
     softirqs: Dict[int, Acc] = field(default_factory=dict)
+    # Time budget inputs (see thread_budget()).
+    blocked: Dict[int, int] = field(default_factory=dict)  # nr -> ns asleep
+    unknown: int = 0        # ns asleep in a call the kernel side did not name
+    stop_ready: int = 0     # stopped time also counted as ready
+    in_call: Optional[Tuple[int, int]] = None   # (nr, entry ns) at the end
+    call_done: bool = False     # left the call it was in at the start
+    holders: Dict[int, "Holder"] = field(default_factory=dict)  # by pid
+    # --histogram: log2 slot -> count, per system call and for ready waits.
+    sys_hist: Dict[int, Dict[int, int]] = field(default_factory=dict)
+    ready_hist: Dict[int, int] = field(default_factory=dict)
+
+
+# ---- Data classes: time budget and verdict ----------------------------------
+#
+# Plain data, computed by pure functions from ThreadStats (thread_budget(),
+# make_verdict()) and formatted separately, so that other output formats
+# can use them as they are.
+
+NR_OUTSIDE = -1     # "system call" number of sleeps outside system calls
+
+
+@dataclass
+class Holder:
+    """A task that ran on the CPU a thread was waiting for."""
+    pid: int            # thread ID (0: the idle task)
+    tgid: int           # its process
+    comm: str
+    ns: int             # time it ran while the thread waited
+
+
+@dataclass
+class BlockedIn:
+    """Time a thread slept inside one system call."""
+    nr: int             # NR_OUTSIDE: asleep outside system calls
+    name: str
+    ns: int
+
+
+@dataclass
+class InFlight:
+    """A system call still in progress when the window closed."""
+    nr: int
+    name: str
+    ns: int                 # the part inside the window
+    before_window: bool     # entered before the window opened
+
+
+@dataclass
+class Budget:
+    """Where one thread's time went during one window (ns).
+
+    on_cpu + ready + blocked + stopped + other == window; hardirq and
+    softirq are parts of on_cpu.  other is what no probe accounts for: the
+    time before a thread was created or after it exited, and periods the
+    kernel did not report.
+    """
+    tid: int
+    name: str
+    window: int
+    on_cpu: int = 0
+    hardirq: int = 0
+    softirq: int = 0
+    ready: int = 0
+    blocked: int = 0
+    stopped: int = 0
+    other: int = 0
+    blocked_in: List[BlockedIn] = field(default_factory=list)  # largest 1st
+    in_flight: List[InFlight] = field(default_factory=list)
+    quiet: bool = False     # no events: one state for the whole window
+
+    @property
+    def kernel(self):
+        """Delay the kernel caused: waiting for a CPU, interrupts, stops."""
+        return self.ready + self.hardirq + self.softirq + self.stopped
+
+    def percent(self, ns):
+        return 100.0 * ns / self.window if self.window > 0 else 0.0
+
+
+@dataclass
+class Thresholds:
+    """When the verdict speaks up: shares of the window, in percent."""
+    ready: float = 5.0
+    irq: float = 5.0
+    stopped: float = 1.0
+
+
+@dataclass
+class StopSignal:
+    """A stop signal sent to the target during the window."""
+    sig: int
+    name: str           # SIGSTOP, ...
+    sender: int         # thread ID of the sender
+    tgid: int
+    comm: str
+    count: int
+
+
+@dataclass
+class Finding:
+    """One thing the verdict says about one thread."""
+    tid: int
+    name: str
+    kind: str           # "cpu", "irq" or "stopped"
+    ns: int
+    percent: float      # of the window
+    threshold: float    # percent that fired
+    text: str           # the finding in plain words
+    next_step: str      # what to look at next
+    holders: List[Holder] = field(default_factory=list)         # cpu
+    sources: List[Tuple[str, int]] = field(default_factory=list)  # irq
+    signals: List[StopSignal] = field(default_factory=list)     # stopped
+
+
+@dataclass
+class Ranked:
+    tid: int
+    name: str
+    kernel: int         # ns of kernel-caused delay
+    percent: float
+
+
+@dataclass
+class Verdict:
+    window: int
+    thresholds: Thresholds
+    ranking: List[Ranked] = field(default_factory=list)
+    findings: List[Finding] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -990,6 +1434,8 @@ class Sample:
     threads: Dict[int, ThreadStats]
     quiet: list = field(default_factory=list)   # (tid, name, where)
     losses: Dict[str, int] = field(default_factory=dict)   # in the window
+    budgets: Dict[int, Budget] = field(default_factory=dict)   # by tid
+    verdict: Optional[Verdict] = None
 
 
 # ---- Pure functions: arguments and triggers ---------------------------------
@@ -1043,6 +1489,17 @@ def seconds(text):
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError("must be at most {} (30 days)"
                                          .format(MAX_SECONDS))
+    return value
+
+
+def percent(text):
+    """argparse type: a share in percent, 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("'{}' is not a number".format(text))
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 0 and 100")
     return value
 
 
@@ -1268,13 +1725,15 @@ def render_template(template, values):
 
 
 def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
-                      max_threads=4096, triggers=(), restart_nr=-1):
+                      max_threads=4096, triggers=(), restart_nr=-1,
+                      histogram=False):
     """The complete eBPF C program.
 
     layout is a TaskLayout; with source "headers" the offsets come from
     the kernel headers at compile time instead.  triggers lists the roles
     ("start", "stop") that get a trigger function; restart_nr is the number
-    of restart_syscall(), -1 if there is none.
+    of restart_syscall(), -1 if there is none; histogram adds the
+    --histogram tables.
     """
     if layout.source == "headers":
         headers = "#include <linux/sched.h>"
@@ -1329,6 +1788,8 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "MAX_THREADS": int(max_threads),
         "MAX_SYS_KEYS": 16 * int(max_threads),
         "MAX_IRQ_KEYS": 4 * int(max_threads),
+        "MAX_HOLDER_KEYS": 8 * int(max_threads),
+        "HISTOGRAM": int(bool(histogram)),
         "RINGBUF_PAGES": round_up_pow2(int(page_count)),
         "POLL_TEST": " || ".join("(nr) == {}".format(int(nr))
                                  for nr in poll_nrs),
@@ -1570,12 +2031,14 @@ def format_thread(stats, syscall_names, poll_nrs):
     return lines
 
 
-def format_report(threads, syscall_names, poll_nrs, quiet=()):
+def format_report(threads, syscall_names, poll_nrs, quiet=(), budgets=None,
+                  histogram=False):
     """The per-thread table, threads sorted by name then TID.
 
     quiet lists (tid, name, where) of threads alive at the end of the
     window that recorded nothing in it: blocked, or on a CPU, throughout;
-    where says which ("in poll", "running") when known.
+    where says which ("in poll", "running") when known.  budgets (Budget
+    by tid) adds each thread's [TIME BUDGET], histogram its histograms.
     """
     lines = ["{:10} {:16} {}".format("TID", "THREAD", "<RESOURCE SPECIFIC>"),
              "{:10} {:16} {}".format("-" * 10, "-" * 16, "-" * 76)]
@@ -1584,6 +2047,10 @@ def format_report(threads, syscall_names, poll_nrs, quiet=()):
         if index:
             lines.append("")
         lines += format_thread(stats, syscall_names, poll_nrs)
+        if budgets and stats.tid in budgets:
+            lines += format_budget(budgets[stats.tid])
+        if histogram:
+            lines += format_histograms(stats, syscall_names)
     if quiet:
         lines += [""] + wrap_items(
             "# No events from {} thread{} (blocked or on a CPU for the whole "
@@ -1591,6 +2058,113 @@ def format_report(threads, syscall_names, poll_nrs, quiet=()):
             ["{} ({})".format(name, ", ".join([str(tid)] + [where] * bool(
                 where))) for tid, name, where in
              sorted(quiet, key=lambda item: (item[1], item[0]))])
+    return lines
+
+
+# ---- Pure functions: time budget, verdict and histograms as text ----------
+
+def format_budget(budget, top=3):
+    """The [TIME BUDGET] section of a thread: every part in ns and as a
+    share of the window, the top system calls it slept in, and what was
+    in flight when the window closed."""
+    def row(label, ns):
+        return "{}{:28.28} {:16,}  {:6.1f} %".format(
+            INDENT, label, ns, budget.percent(ns))
+
+    lines = [_section("[TIME BUDGET]"),
+             "{}{:28} {:>16}  {:>8}".format(INDENT, "PART", "TOTAL ns",
+                                            "SHARE"),
+             row("on a CPU", budget.on_cpu),
+             row("  in hard IRQs", budget.hardirq),
+             row("  in soft IRQs", budget.softirq),
+             row("waiting for a CPU", budget.ready),
+             row("asleep in system calls", budget.blocked)]
+    for item in budget.blocked_in[:top]:
+        lines.append(row("  " + item.name, item.ns))
+    rest = budget.blocked_in[top:]
+    if rest:
+        lines.append(row("  {} other call{}".format(
+            len(rest), "s" if len(rest) > 1 else ""),
+            sum(item.ns for item in rest)))
+    lines += [row("stopped", budget.stopped), row("other", budget.other)]
+    for item in budget.in_flight:
+        lines.append("{}{} in flight {}{}".format(
+            INDENT, item.name, _ms(item.ns),
+            " (since before the window)" if item.before_window else ""))
+    return lines
+
+
+def log2_range(slot):
+    """The values of a bpf_log2l() slot: [2^(slot-1), 2^slot - 1]."""
+    if slot <= 0:
+        return 0, 0
+    return 1 << (slot - 1), (1 << slot) - 1
+
+
+def format_log2_hist(title, hist, width=40):
+    """A log2 histogram section: one row per slot from the lowest to the
+    highest used one."""
+    lines = [_section("[{}]".format(title)),
+             "{}{:>33}  {:>10}  {}".format(INDENT, "ns range", "COUNT",
+                                           "DISTRIBUTION")]
+    if not hist:
+        return lines
+    peak = max(hist.values())
+    for slot in range(min(hist), max(hist) + 1):
+        low, high = log2_range(slot)
+        count = hist.get(slot, 0)
+        lines.append("{}{:>15,} -> {:<15,}  {:10}  |{:{width}}|".format(
+            INDENT, low, high, count, "*" * (count * width // peak),
+            width=width))
+    return lines
+
+
+def format_histograms(stats, syscall_names):
+    lines = []
+    for nr, hist in sorted(stats.sys_hist.items()):
+        lines += format_log2_hist("SYSCALL HISTOGRAM: {}".format(
+            syscall_names.get(nr, "<unknown:{}>".format(nr))), hist)
+    if stats.ready_hist:
+        lines += format_log2_hist("READY HISTOGRAM", stats.ready_hist)
+    return lines
+
+
+THRESHOLD_OPTIONS = "--ready-threshold, --irq-threshold, --stopped-threshold"
+
+
+def format_verdict(verdict, top=5):
+    """The # VERDICT section: the threads with the most kernel-caused delay,
+    then one paragraph per finding, or a line saying there is none."""
+    def para(text, first="# "):
+        return textwrap.wrap(text, width=79, initial_indent=first,
+                             subsequent_indent="#   ",
+                             break_on_hyphens=False, break_long_words=False)
+
+    limits = verdict.thresholds
+    lines = ["", "# VERDICT"]
+    # Threads whose share would print as 0.0 % are left out of the text.
+    shown = [r for r in verdict.ranking if r.percent >= 0.05]
+    if shown:
+        lines += para("Kernel-caused delay (waiting for a CPU, interrupts, "
+                      "stopped) as a share of the {} window: {}{}.".format(
+                          _ms(verdict.window), ", ".join(
+                              "{} {:.1f} %".format(_task(r.name, r.tid),
+                                                   r.percent)
+                              for r in shown[:top]),
+                          ", ..." if len(shown) > top else ""))
+    for finding in verdict.findings:
+        lines += para("{} Next: {}.".format(finding.text, finding.next_step),
+                      "# - ")
+    if not verdict.findings:
+        lines += para("The kernel shows no significant delay for this "
+                      "window: no thread waited for a CPU for {:g} %, spent "
+                      "{:g} % in interrupts or was stopped for {:g} % of "
+                      "it.".format(limits.ready, limits.irq,
+                                   limits.stopped))
+    lines += para("Thresholds ({}): waiting for a CPU {:g} %, interrupts "
+                  "{:g} %, stopped {:g} % of the window.".format(
+                      THRESHOLD_OPTIONS, limits.ready, limits.irq,
+                      limits.stopped))
     return lines
 
 
@@ -1724,6 +2298,280 @@ def add_open_periods(threads, starts, end):
                 setattr(stats, attr, Acc())
             getattr(stats, attr).add(end - start)
     return threads
+
+
+# ---- Pure functions: time budget and verdict --------------------------------
+
+STOP_SIGNALS = {19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU"}
+NR_UNKNOWN = -2     # budget_t.sleep_nr: a call the kernel side cannot name
+
+
+def add_budget_rows(threads, rows, end):
+    """Add the time budget tables, as plain rows, to threads (by tid).
+
+    rows maps a table name to (key, value) tuples: budget_state (tid,) ->
+    (sleep start, sleep nr, unknown ns, stop_ready ns, call done),
+    blocked_stats (tid, nr) -> ns, holders (tid, pid) -> (ns, tgid, comm),
+    sys_start (tid,) -> (entry ns, nr), sys_hist and ready_hist
+    (tid, nr, slot) -> count, and open_stops (tid,) -> (stop start, ready
+    start) for stops still open at end.  A sleep still open at end is
+    closed there.
+    """
+    def thread(tid):
+        return threads.setdefault(tid, ThreadStats(tid=tid))
+
+    for (tid, nr), ns in rows.get("blocked_stats", ()):
+        blocked = thread(tid).blocked
+        blocked[nr] = blocked.get(nr, 0) + ns
+    for (tid,), (sleep_start, sleep_nr, unknown, stop_ready, done) in \
+            rows.get("budget_state", ()):
+        stats = thread(tid)
+        stats.unknown += unknown
+        stats.stop_ready += stop_ready
+        stats.call_done = stats.call_done or bool(done)
+        if sleep_start and sleep_start < end:
+            if sleep_nr == NR_UNKNOWN:
+                stats.unknown += end - sleep_start
+            else:
+                stats.blocked[sleep_nr] = stats.blocked.get(sleep_nr, 0) + \
+                    end - sleep_start
+    for (tid,), (stop_start, ready_start) in rows.get("open_stops", ()):
+        if stop_start and ready_start > stop_start and ready_start < end:
+            thread(tid).stop_ready += end - ready_start
+    for (tid, pid), (ns, tgid, comm) in rows.get("holders", ()):
+        thread(tid).holders[pid] = Holder(pid=pid, tgid=tgid, comm=comm,
+                                          ns=ns)
+    for (tid,), (entered, nr) in rows.get("sys_start", ()):
+        if entered < end:
+            thread(tid).in_call = (nr, entered)
+    for (tid, nr, slot), count in rows.get("sys_hist", ()):
+        hist = thread(tid).sys_hist.setdefault(nr, {})
+        hist[slot] = hist.get(slot, 0) + count
+    for (tid, _nr, slot), count in rows.get("ready_hist", ()):
+        hist = thread(tid).ready_hist
+        hist[slot] = hist.get(slot, 0) + count
+    return threads
+
+
+def syscall_label(nr, names):
+    if nr == NR_OUTSIDE:
+        return "(outside system calls)"
+    return names.get(nr, "<unknown:{}>".format(nr))
+
+
+def thread_budget(stats, start, end, names, current_nr=None):
+    """The Budget of a thread that recorded events in window [start, end].
+
+    current_nr is the system call the thread was in when the window closed
+    (from /proc), or None.  Sleep the kernel side could not attach to a
+    call (budget_t.unknown) belongs to the call the thread was in when the
+    window opened, if it is still in it, else it was outside any call (a
+    page fault, say).
+    """
+    window = end - start
+    budget = Budget(tid=stats.tid, name=stats.name, window=window)
+    budget.on_cpu = stats.run.total if stats.run else 0
+    budget.hardirq = sum(acc.total for acc in stats.hardirqs.values())
+    budget.softirq = sum(acc.total for acc in stats.softirqs.values())
+    budget.ready = stats.ready.total if stats.ready else 0
+    if stats.stopped:
+        budget.stopped = max(0, stats.stopped.total - stats.stop_ready)
+    blocked = dict(stats.blocked)
+    if stats.in_call is not None:
+        nr, entered = stats.in_call
+        budget.in_flight.append(InFlight(
+            nr=nr, name=syscall_label(nr, names),
+            ns=end - max(entered, start), before_window=False))
+    # Still in the call it was in when the window opened?
+    before = (current_nr is not None and stats.in_call is None and
+              not stats.syscalls and not stats.call_done)
+    if before:
+        budget.in_flight.append(InFlight(
+            nr=current_nr, name=syscall_label(current_nr, names),
+            ns=window, before_window=True))
+    if stats.unknown:
+        nr = current_nr if before else NR_OUTSIDE
+        blocked[nr] = blocked.get(nr, 0) + stats.unknown
+    budget.blocked_in = [BlockedIn(nr=nr, name=syscall_label(nr, names),
+                                   ns=ns)
+                         for nr, ns in sorted(blocked.items(),
+                                              key=lambda item: (-item[1],
+                                                                item[0]))
+                         if ns > 0]
+    budget.blocked = sum(item.ns for item in budget.blocked_in)
+    budget.other = window - (budget.on_cpu + budget.ready + budget.blocked +
+                             budget.stopped)
+    return budget
+
+
+def quiet_budget(tid, name, start, end, names, state="", current_nr=None):
+    """The Budget of a thread that recorded nothing in the window: it was
+    in one state throughout, the one /proc shows at the end (state is the
+    letter of /proc/PID/task/TID/stat).  A thread that is "running" there
+    without a switch in the window was on a CPU throughout; one that
+    waited for a CPU throughout would look the same."""
+    window = end - start
+    budget = Budget(tid=tid, name=name, window=window, quiet=True)
+    if state in ("T", "t"):
+        budget.stopped = window
+    elif current_nr is not None:
+        budget.blocked = window
+        label = syscall_label(current_nr, names)
+        budget.blocked_in = [BlockedIn(nr=current_nr, name=label, ns=window)]
+        budget.in_flight = [InFlight(nr=current_nr, name=label, ns=window,
+                                     before_window=True)]
+    elif state == "R":
+        budget.on_cpu = window
+    elif state in ("S", "D", "I"):
+        budget.blocked = window
+        budget.blocked_in = [BlockedIn(nr=NR_OUTSIDE, ns=window,
+                                       name=syscall_label(NR_OUTSIDE, names))]
+    else:
+        budget.other = window
+    return budget
+
+
+def window_budgets(threads, quiet, start, end, names, current=None,
+                   states=None):
+    """Budgets of every thread of the window, by tid.
+
+    threads: ThreadStats by tid; quiet: (tid, name, where) of threads with
+    no events; current: {tid: nr or None} and states: {tid: state letter}
+    as /proc showed them when the window closed.
+    """
+    current = current or {}
+    states = states or {}
+    budgets = {tid: thread_budget(stats, start, end, names,
+                                  current.get(tid))
+               for tid, stats in threads.items()}
+    for tid, name, _where in quiet:
+        budgets[tid] = quiet_budget(tid, name, start, end, names,
+                                    states.get(tid, ""), current.get(tid))
+    return budgets
+
+
+def _ms(ns):
+    return "{:,.1f} ms".format(ns / 1e6)
+
+
+def _task(comm, pid):
+    return "{} ({})".format(comm or "?", pid)
+
+
+def cpu_finding(budget, stats, threshold):
+    holders = sorted(stats.holders.values() if stats else (),
+                     key=lambda h: (-h.ns, h.pid))
+    unseen = budget.ready - sum(h.ns for h in holders)
+    named = ["{} {}".format("idle" if h.pid == 0 else _task(h.comm, h.pid),
+                            _ms(h.ns)) for h in holders[:4]]
+    if len(holders) > 4:
+        named.append("{} other task{} {}".format(
+            len(holders) - 4, "s" if len(holders) > 5 else "",
+            _ms(sum(h.ns for h in holders[4:]))))
+    if unseen > budget.ready // 10:
+        named.append("not recorded {}".format(_ms(unseen)))
+    text = ("{} waited {} for a CPU ({:.1f} % of the window, threshold "
+            "{:g} %): CPU contention".format(
+                _task(budget.name, budget.tid), _ms(budget.ready),
+                budget.percent(budget.ready), threshold))
+    if named:
+        text += "; meanwhile its CPU ran " + ", ".join(named)
+    return Finding(
+        tid=budget.tid, name=budget.name, kind="cpu", ns=budget.ready,
+        percent=budget.percent(budget.ready), threshold=threshold,
+        text=text + ".", holders=holders,
+        next_step="what else runs on this thread's CPUs and why: CPU "
+                  "affinity and isolation, cgroup CPU limits, priorities "
+                  "(top -H, perf sched latency)")
+
+
+def irq_finding(budget, stats, threshold):
+    sources = [("hard IRQ " + name, acc.total)
+               for name, acc in stats.hardirqs.items()]
+    sources += [("soft IRQ " + softirq_name(vec), acc.total)
+                for vec, acc in stats.softirqs.items()]
+    sources.sort(key=lambda item: (-item[1], item[0]))
+    ns = budget.hardirq + budget.softirq
+    text = ("{} lost {} to interrupts ({:.1f} % of the window, threshold "
+            "{:g} %): interrupt load, most of it {}.".format(
+                _task(budget.name, budget.tid), _ms(ns), budget.percent(ns),
+                threshold, ", ".join("{} {}".format(name, _ms(total))
+                                     for name, total in sources[:3])))
+    top = sources[0][0] if sources else ""
+    if top.startswith("hard"):
+        step = ("/proc/interrupts for that IRQ, and its CPU affinity "
+                "(/proc/irq/N/smp_affinity, irqbalance): move it off this "
+                "thread's CPU")
+    elif top == "soft IRQ net_rx" or top == "soft IRQ net_tx":
+        step = ("/proc/softirqs and the network load on this CPU; packets "
+                "this thread sends on loopback or veth are received in its "
+                "own context; RPS/RFS and IRQ affinity move the rest away")
+    else:
+        step = "/proc/softirqs, and what raises it on this thread's CPU"
+    return Finding(tid=budget.tid, name=budget.name, kind="irq", ns=ns,
+                   percent=budget.percent(ns), threshold=threshold,
+                   text=text, next_step=step, sources=sources)
+
+
+def stopped_finding(budget, signals, threshold):
+    text = ("{} was stopped for {} ({:.1f} % of the window, threshold "
+            "{:g} %)".format(_task(budget.name, budget.tid),
+                             _ms(budget.stopped),
+                             budget.percent(budget.stopped), threshold))
+    if signals:
+        text += " by " + ", ".join(
+            "{}{} from {}".format(sig.name, "" if sig.count == 1 else
+                                  " x{}".format(sig.count),
+                                  _task(sig.comm, sig.sender))
+            for sig in signals)
+        step = ("who sends that signal: a debugger, job control (Ctrl-Z), "
+                "a watchdog or monitoring script")
+    else:
+        text += (" by a signal sent before the window opened, or by a "
+                 "debugger (ptrace)")
+        step = ("who stops the process: a debugger attached to it, job "
+                "control (Ctrl-Z), a watchdog")
+    return Finding(tid=budget.tid, name=budget.name, kind="stopped",
+                   ns=budget.stopped, percent=budget.percent(budget.stopped),
+                   threshold=threshold, text=text + ".", next_step=step,
+                   signals=list(signals))
+
+
+def analyse_window(threads, quiet, start, end, names, current=None,
+                   states=None, signals=(), thresholds=None):
+    """(Budget by tid, Verdict) of one window [start, end]; see
+    window_budgets() and make_verdict()."""
+    budgets = window_budgets(threads, quiet, start, end, names, current,
+                             states)
+    return budgets, make_verdict(budgets, threads,
+                                 thresholds or Thresholds(), signals)
+
+
+def make_verdict(budgets, threads, thresholds, signals=()):
+    """Rank threads by kernel-caused delay and state what crosses the
+    thresholds.  budgets and threads are by tid; signals lists the
+    StopSignal of the window."""
+    window = max((b.window for b in budgets.values()), default=0)
+    verdict = Verdict(window=window, thresholds=thresholds)
+    ordered = sorted(budgets.values(),
+                     key=lambda b: (-b.percent(b.kernel), b.name, b.tid))
+    verdict.ranking = [Ranked(tid=b.tid, name=b.name, kernel=b.kernel,
+                              percent=b.percent(b.kernel))
+                       for b in ordered if b.kernel > 0]
+    for budget in ordered:
+        stats = threads.get(budget.tid)
+        if budget.ready and budget.percent(budget.ready) >= thresholds.ready:
+            verdict.findings.append(cpu_finding(budget, stats,
+                                                thresholds.ready))
+        irq = budget.hardirq + budget.softirq
+        if irq and stats and budget.percent(irq) >= thresholds.irq:
+            verdict.findings.append(irq_finding(budget, stats,
+                                                thresholds.irq))
+        if budget.stopped and \
+                budget.percent(budget.stopped) >= thresholds.stopped:
+            verdict.findings.append(stopped_finding(
+                budget, [sig for sig in signals], thresholds.stopped))
+    return verdict
 
 
 def pick_target(candidates, name=DEFAULT_PROCESS):
@@ -2462,6 +3310,27 @@ def read_header(command, pid):
                   version_error=version_error)
 
 
+def current_syscall(pid, tid):
+    """The number of the system call thread tid is blocked in, or None
+    (running, not in a call, gone)."""
+    try:
+        with open("/proc/{}/task/{}/syscall".format(pid, tid)) as syscall:
+            first = syscall.read().split(" ", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def thread_state(pid, tid):
+    """The state letter of /proc/PID/task/TID/stat (R, S, D, T, ...), or
+    ""."""
+    try:
+        with open("/proc/{}/task/{}/stat".format(pid, tid)) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def mapped_files(pid):
     """Paths of the files process pid has mapped."""
     paths = set()
@@ -2626,10 +3495,14 @@ class Probes:
     STAT_TABLES = ("sys_stats", "poll_stats", "hardirq_stats",
                    "softirq_stats")
     TABLES = STAT_TABLES + ("sys_start", "sched_state", "exit_names")
+    BUDGET_TABLES = ("budget_state", "blocked_stats", "holders",
+                     "stop_signals")
+    HIST_TABLES = ("sys_hist", "ready_hist")
 
-    def __init__(self, bpf, pid):
+    def __init__(self, bpf, pid, histogram=False):
         self.bpf = bpf
         self.pid = pid
+        self.histogram = histogram
         self.events = []
         bpf["events"].open_ring_buffer(self._on_event)
 
@@ -2662,7 +3535,8 @@ class Probes:
         return state, table[table.Key(1)].value, table[table.Key(2)].value
 
     def reset(self):
-        for name in self.TABLES:
+        for name in self.TABLES + self.BUDGET_TABLES + (
+                self.HIST_TABLES if self.histogram else ()):
             self.bpf[name].clear()
         table = self.bpf["capture"]
         for key in (1, 2):
@@ -2681,7 +3555,24 @@ class Probes:
         threads = collect_threads(rows)
         for tid, count in lost.items():
             threads.setdefault(tid, ThreadStats(tid=tid)).lost = count
+        open_stops = [((tid,), (start, starts["ready"].get(tid, 0)))
+                      for tid, start in starts["stopped"].items()]
         add_open_periods(threads, starts, end_ns)
+        budget_rows = {"open_stops": open_stops}
+        tables = ("budget_state", "blocked_stats", "holders", "sys_start") \
+            + (self.HIST_TABLES if self.histogram else ())
+        for name in tables:
+            budget_rows[name] = [(key if isinstance(key, tuple) else (key,),
+                                  value) for key, value in self.rows(name)]
+        # C fields the rows do not use: holder_t.pad; sys_start entries
+        # of earlier windows or with no call in progress.
+        budget_rows["holders"] = [(key, (ns, tgid, comm)) for key, (
+            ns, tgid, _, comm) in budget_rows["holders"]]
+        opened = self.capture_values()[1]
+        budget_rows["sys_start"] = [
+            (key, (value[1], value[2])) for key, value in
+            budget_rows["sys_start"] if value[0] == opened and value[1]]
+        add_budget_rows(threads, budget_rows, end_ns)
         exited = {key: value[0] for key, value in self.rows("exit_names")}
         for tid, stats in threads.items():
             stats.name = (thread_name(self.pid, tid) or exited.get(tid) or
@@ -2716,6 +3607,25 @@ class Probes:
                 break
         return unpack_rows(table.Key, table.Leaf, keys.raw, leaves.raw,
                            total)
+
+    def stop_signals(self):
+        """The StopSignal list of the window."""
+        found = []
+        for (sig, sender), (count, tgid, _target, comm) in \
+                self.rows("stop_signals"):
+            found.append(StopSignal(sig=sig, name=STOP_SIGNALS.get(
+                sig, "signal {}".format(sig)), sender=sender, tgid=tgid,
+                comm=comm, count=count))
+        return sorted(found, key=lambda item: (item.sig, item.sender))
+
+    def whereabouts(self, tids):
+        """({tid: system call nr or None}, {tid: state letter}) as /proc
+        shows them now."""
+        current, states = {}, {}
+        for tid in tids:
+            current[tid] = current_syscall(self.pid, tid)
+            states[tid] = thread_state(self.pid, tid)
+        return current, states
 
     def quiet_threads(self, threads, syscall_names):
         """(tid, name, where) of live threads that are not in threads."""
@@ -2874,6 +3784,11 @@ class Sampler:
             return None
         threads = self.probes.collect(ended)
         quiet = self.probes.quiet_threads(threads, self.syscall_names)
+        current, states = self.probes.whereabouts(
+            list(threads) + [tid for tid, _, _ in quiet])
+        budgets, verdict = analyse_window(
+            threads, quiet, started, ended, self.syscall_names, current,
+            states, self.probes.stop_signals(), thresholds_of(args))
         window.dumped = self.wall()
         if delta is not None:
             title = "# Triggered sample dump, stop-start delta {:,} ns" \
@@ -2884,7 +3799,7 @@ class Sampler:
         after = self.probes.counters()
         sample = Sample(self.samples, window, threads, quiet,
                         {counter: after[counter] - losses.get(counter, 0)
-                         for counter in after})
+                         for counter in after}, budgets, verdict)
         if self.json:
             self.report(doc=sample_document(sample, self.header,
                                             self.options(),
@@ -2893,7 +3808,9 @@ class Sampler:
         else:
             self.say([timestamp_line(title, window.dumped)] +
                      format_report(threads, self.syscall_names,
-                                   self.poll_nrs, quiet))
+                                   self.poll_nrs, quiet, budgets,
+                                   args.histogram) +
+                     format_verdict(verdict))
         if interrupted:
             raise interrupted
         return window
@@ -3149,7 +4066,7 @@ class Session:
                             failure.role, failure.trigger.text,
                             errors.last_line("no reason given")),
                         os.EX_OSERR)
-        return Probes(self.bpf, args.pid)
+        return Probes(self.bpf, args.pid, args.histogram)
 
 
 # ---- Command line -----------------------------------------------------------
@@ -3236,6 +4153,21 @@ def build_parser():
     parser.add_argument("--json-schema", action="store_true",
                         help="print the JSON Schema of --format json and "
                              "exit")
+    parser.add_argument("--histogram", action="store_true",
+                        help="add log2 histograms of system call durations "
+                             "and waits for a CPU, per thread")
+    parser.add_argument("--ready-threshold", type=percent, default=5.0,
+                        metavar="PCT",
+                        help="verdict: waiting for a CPU for PCT %% of the "
+                             "window is CPU contention, default 5")
+    parser.add_argument("--irq-threshold", type=percent, default=5.0,
+                        metavar="PCT",
+                        help="verdict: PCT %% of the window in hard and soft "
+                             "interrupts is interrupt load, default 5")
+    parser.add_argument("--stopped-threshold", type=percent, default=1.0,
+                        metavar="PCT",
+                        help="verdict: stopped for PCT %% of the window is "
+                             "worth a line, default 1")
     parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
@@ -3253,6 +4185,11 @@ def parse_args(argv):
         parser.error("--trigger-delta needs both --start-trigger and "
                      "--stop-trigger")
     return args
+
+
+def thresholds_of(args):
+    return Thresholds(ready=args.ready_threshold, irq=args.irq_threshold,
+                      stopped=args.stopped_threshold)
 
 
 def triggers_of(args):
@@ -3306,7 +4243,7 @@ def run(args, out, command=()):
     source = render_bpf_source(args.pid, args.layout, poll_nrs,
                                args.buffer_page_count, args.max_threads,
                                [role for role, _ in triggers],
-                               restart_syscall(table))
+                               restart_syscall(table), args.histogram)
     if args.ebpf:
         out.write(source)
         return os.EX_OK

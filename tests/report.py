@@ -5,7 +5,16 @@ import re
 
 THREAD = re.compile(r"^\s*(\d+) (\S.*?)\s+\[SYSCALL STATISTICS\]$")
 SECTION = re.compile(r"^\s+\[([A-Z ]+) STATISTICS\]$")
-HEADINGS = ("NAME", "COUNT", "SCHED_CNT", "STOP_CNT")
+BUDGET = re.compile(r"^\s+\[TIME BUDGET\]$")
+HISTOGRAM = re.compile(r"^\s+\[(SYSCALL|READY) HISTOGRAM:? ?(\S*)\]$")
+BUDGET_ROW = re.compile(r"^\s+(\S.*?)\s+(-?[\d,]+)\s+(-?[\d.]+) %$")
+IN_FLIGHT = re.compile(r"^\s+(\S+) in flight ([\d,.]+) ms( \(since before "
+                       r"the window\))?$")
+HIST_ROW = re.compile(r"^\s+([\d,]+) -> ([\d,]+)\s+(\d+)\s+\|")
+# Lines after # VERDICT that are not part of it.
+NOT_VERDICT = ("# WARNING", "# Start", "# Stop", "# Sample", "# Triggered",
+               "# Interrupted", "# Process", "# Waiting")
+HEADINGS = ("NAME", "COUNT", "SCHED_CNT", "STOP_CNT", "PART", "ns")
 
 # Column names of the one-row sections.
 ROW_FIELDS = {
@@ -26,6 +35,7 @@ class Window:
         self.threads = {}       # name -> dict of sections
         self.quiet = ""
         self.skipped = False
+        self.verdict = []       # the lines of # VERDICT, without "# "
 
 
 def parse(text):
@@ -33,7 +43,19 @@ def parse(text):
     windows = []
     current = Window()
     thread = section = None
+    in_verdict = False
     for line in text.splitlines():
+        if line == "# VERDICT":
+            current.verdict, in_verdict = [], True
+            continue
+        if in_verdict:
+            if line.startswith("#   ") and current.verdict:
+                current.verdict[-1] += " " + line[4:]
+                continue
+            if line.startswith("# ") and not line.startswith(NOT_VERDICT):
+                current.verdict.append(line[2:])
+                continue
+            in_verdict = False
         if line.startswith("# No events from"):
             current.quiet = line
             continue
@@ -58,6 +80,33 @@ def parse(text):
             thread = {"tid": tid, "SYSCALL": {}}
             current.threads[name] = thread
             section = "SYSCALL"
+            continue
+        if thread is not None and BUDGET.match(line):
+            section = "TIME BUDGET"
+            thread[section] = {"in flight": []}
+            continue
+        match = HISTOGRAM.match(line)
+        if match and thread is not None:
+            section = "HISTOGRAM"
+            hist = thread.setdefault(match.group(1) + " HISTOGRAM", {})
+            rows = hist.setdefault(match.group(2) or "ready", [])
+            continue
+        if section == "HISTOGRAM" and thread is not None:
+            match = HIST_ROW.match(line)
+            if match:
+                rows.append(tuple(map(number, match.groups())))
+            continue
+        if section == "TIME BUDGET" and thread is not None:
+            match = IN_FLIGHT.match(line)
+            if match:
+                thread[section]["in flight"].append(
+                    (match.group(1), float(match.group(2).replace(",", "")),
+                     bool(match.group(3))))
+                continue
+            match = BUDGET_ROW.match(line)
+            if match:
+                thread[section][match.group(1)] = (number(match.group(2)),
+                                                   float(match.group(3)))
             continue
         match = SECTION.match(line)
         if match and thread is not None:
