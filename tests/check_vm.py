@@ -12,9 +12,12 @@ of its own, with the guest's output when it fails.  Software emulation
 Also here: the task_struct offsets read from the guest kernel's BTF
 against offsetof() compiled by kbuild against its headers.
 
-Environment: KD_VM_KERNEL (a vmlinuz to boot; default: the newest
+Environment: KD_VM_TESTS (the guest tests to run, by pytest node ID),
+KD_VM_KERNEL (a vmlinuz to boot; default: the newest
 /boot/vmlinuz-* with headers that is not the running kernel), VNG (the
-vng command), KD_VM_KVM=1 (use KVM instead of emulation).
+vng command), KD_VM_KVM=1 (use KVM instead of emulation).  What the guest
+leaves (its pytest output, the reports of its runs) stays in
+build/check-vm.
 Not collected by `pytest tests` (no test_ prefix).
 """
 
@@ -43,6 +46,9 @@ GUEST_TESTS = [
     "tests/test_triggers.py::test_trigger_errors"
     "[kr:kd_no_such_function-kprobe-None]",
 ]
+# A developer may run fewer: KD_VM_TESTS="NODE_ID ...".
+GUEST_TESTS = os.environ.get("KD_VM_TESTS", "").split() or GUEST_TESTS
+OUT_DIR = os.path.join(TOP, "build", "check-vm")
 GUEST_TIMEOUT = 1200    # seconds, boot included
 LOG_TAIL = 12000        # characters of guest output shown on a failure
 
@@ -129,21 +135,25 @@ export KD_WORKLOAD={workload} KD_VM_OUT={out} PYTHONDONTWRITEBYTECODE=1
 cd {top} || exit 1
 uname -r > {out}/release
 cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
-/usr/bin/python3 -m pytest -v -p no:cacheprovider --junitxml={out}/guest.xml \\
+/usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=0 \\
+    --junitxml={out}/guest.xml \\
     {tests} > {out}/guest.log 2>&1
 echo $? > {out}/rc
 """
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory):
+def guest():
     problem = vm_problem()
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail("make check-vm cannot run under CI=true: " + problem)
         pytest.skip(problem)
     image, release = guest_kernel()
-    out = str(tmp_path_factory.mktemp("guest"))
+    # Kept after the run: the guest's pytest output, each run's report.
+    out = OUT_DIR
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     workload = workload_ctl.build(out)
     script = os.path.join(out, "run.sh")
     with open(script, "w") as f:

@@ -37,10 +37,6 @@ RUN_TIMEOUT = 600   # a compile under emulation takes about 40 s
 
 @pytest.fixture(scope="module")
 def workload_bin(tmp_path_factory):
-    # Built on the host (faster than under emulation) when given.
-    prebuilt = os.environ.get("KD_WORKLOAD")
-    if prebuilt:
-        return prebuilt
     return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
 
 
