@@ -133,12 +133,14 @@ GUEST_SCRIPT = """\
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin KD_IN_GUEST=1 CI=true
 export KD_WORKLOAD={workload} KD_VM_OUT={out} PYTHONDONTWRITEBYTECODE=1
 cd {top} || exit 1
+cut -d' ' -f1 /proc/uptime > {out}/booted
 uname -r > {out}/release
 cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
 /usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=0 \\
     --junitxml={out}/guest.xml \\
     {tests} > {out}/guest.log 2>&1
 echo $? > {out}/rc
+cut -d' ' -f1 /proc/uptime > {out}/finished
 """
 
 
@@ -180,7 +182,7 @@ def guest():
     seconds = time.monotonic() - started
     with open(console, errors="replace") as log:
         text = log.read()
-    print("guest {} ran for {:.0f} s".format(release, seconds))
+    print("guest {}: vng ran for {:.0f} s".format(release, seconds))
     return Guest(out, release, text, code, seconds)
 
 
