@@ -26,7 +26,7 @@ VM_DEB_PACKAGES = qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 VM_RPM_PACKAGES = qemu-system-x86-core kernel-core kernel-devel busybox \
 	python3 make
 
-.PHONY: all deps deps-vm check check-vm test lint demo bench
+.PHONY: all deps deps-vm install-missing check check-vm test lint demo bench
 
 all: check
 

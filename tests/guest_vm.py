@@ -109,7 +109,9 @@ def test_kprobe_window_with_real_headers(workload_bin, offsets):
             on_stop=lambda _proc: stats.setdefault("stop", schedstat()))
         if driver.ident:
             driver.join()
-    keep("kprobe-" + offsets, out + err)
+    keep("kprobe-" + offsets, out + err + "".join(
+        "schedstat {}: {} -> {}\n".format(name, stats.get("start", {}).get(
+            name), stats.get("stop", {}).get(name)) for name in tids))
     assert failures == []
     assert code == 0, err
     assert "Traceback" not in err
