@@ -205,6 +205,16 @@ struct name_t {
     char comm[16];
 };
 
+/* A thread's time budget (see kd_budget_entry()). */
+struct budget_t {
+    u64 sleep_start;    /* asleep since (0: not asleep) */
+    s64 sleep_nr;       /* in this system call, or NR_UNKNOWN */
+    u64 unknown;        /* ns asleep in a call not known yet */
+    u64 stop_ready;     /* stopped time also counted as ready */
+    u64 call_done;      /* the call of the window's start has returned */
+    u64 in_use;         /* the fields above are set */
+};
+
 struct sched_t {
     u64 run_start;
     u64 ready_start;
@@ -215,6 +225,7 @@ struct sched_t {
     struct acc_t run;
     struct acc_t ready;
     struct acc_t stop;
+    struct budget_t budget;     /* here too, for the same reason */
 };
 
 BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
@@ -450,14 +461,6 @@ static __always_inline void kd_close_run(struct sched_t *entry, u64 now)
 #define MAX_HOLDER_KEYS @MAX_HOLDER_KEYS@
 #define CPU_SEGS        8           /* switches remembered per CPU */
 
-struct budget_t {
-    u64 sleep_start;    /* asleep since (0: not asleep) */
-    s64 sleep_nr;       /* in this system call, or NR_UNKNOWN */
-    u64 unknown;        /* ns asleep in a call not known yet */
-    u64 stop_ready;     /* stopped time also counted as ready */
-    u64 call_done;      /* the call of the window's start has returned */
-};
-
 /* Who ran on a CPU, from start to end: the last CPU_SEGS switches. */
 struct seg_t {
     u64 start;
@@ -497,26 +500,22 @@ struct signal_t {
     char comm[16];
 };
 
-BPF_HASH(budget_state, u32, struct budget_t, MAX_THREADS);
 BPF_HASH(blocked_stats, struct sys_key_t, u64, MAX_SYS_KEYS);
 BPF_PERCPU_ARRAY(cpu_log, struct cpu_log_t, 1);
 BPF_HASH(holders, struct holder_key_t, struct holder_t, MAX_HOLDER_KEYS);
 BPF_HASH(stop_signals, struct signal_key_t, struct signal_t, 64);
 
-static __always_inline struct budget_t *kd_budget_entry(u32 tid)
+/* The budget of a thread, from its scheduler entry (sched may be 0): set
+ * up at its first use in the window. */
+static __always_inline struct budget_t *kd_budget_entry(struct sched_t *sched)
 {
-    struct budget_t *entry = budget_state.lookup(&tid);
-
-    if (entry)
-        return entry;
-
-    struct budget_t zero = { .sleep_nr = NR_UNKNOWN };
-
-    budget_state.insert(&tid, &zero);
-    entry = budget_state.lookup(&tid);
-    if (!entry)
-        kd_bump(COUNTER_BUDGET_FULL);
-    return entry;
+    if (!sched)
+        return 0;
+    if (!sched->budget.in_use) {
+        sched->budget.sleep_nr = NR_UNKNOWN;
+        sched->budget.in_use = 1;
+    }
+    return &sched->budget;
 }
 
 static __always_inline void kd_book_blocked(u32 tid, u32 nr, u64 ns)
@@ -532,12 +531,13 @@ static __always_inline void kd_book_blocked(u32 tid, u32 nr, u64 ns)
 }
 
 /* A target thread switched out, neither preempted nor stopped. */
-static __always_inline void kd_budget_sleeps(u32 tid, u64 state, u64 now)
+static __always_inline void kd_budget_sleeps(u32 tid, struct sched_t *sched,
+                                             u64 state, u64 now)
 {
     if (!(state & SLEEP_STATE_MASK) || (state & DEAD_STATE_MASK))
         return;
 
-    struct budget_t *entry = kd_budget_entry(tid);
+    struct budget_t *entry = kd_budget_entry(sched);
     struct sys_start_t *call = sys_start.lookup(&tid);
 
     if (!entry)
@@ -553,7 +553,7 @@ static __always_inline void kd_budget_sleeps(u32 tid, u64 state, u64 now)
 static __always_inline void kd_budget_wakes(u32 tid, struct sched_t *sched,
                                             u64 now, bool new_task)
 {
-    struct budget_t *entry = budget_state.lookup(&tid);
+    struct budget_t *entry = sched->budget.in_use ? &sched->budget : 0;
     u64 start = 0;
     s64 nr = NR_UNKNOWN;
 
@@ -563,7 +563,7 @@ static __always_inline void kd_budget_wakes(u32 tid, struct sched_t *sched,
         entry->sleep_start = 0;
     } else if (!entry && !sched->switched && !new_task) {
         start = kd_window_start();
-        entry = kd_budget_entry(tid);
+        entry = kd_budget_entry(sched);
     }
     if (!entry || !start || now < start)
         return;
@@ -577,7 +577,10 @@ static __always_inline void kd_budget_wakes(u32 tid, struct sched_t *sched,
  * sleep so far was in system call nr. */
 static __always_inline void kd_budget_call_known(u32 tid, long nr)
 {
-    struct budget_t *entry = kd_budget_entry(tid);
+    /* On a CPU: seen running, if this is its first event. */
+    kd_seen_running(tid);
+
+    struct budget_t *entry = kd_budget_entry(sched_state.lookup(&tid));
 
     if (!entry)
         return;
@@ -597,14 +600,15 @@ static __always_inline void kd_budget_stop_ends(u32 tid, struct sched_t *sched,
         now < sched->ready_start)
         return;
 
-    struct budget_t *entry = kd_budget_entry(tid);
+    struct budget_t *entry = kd_budget_entry(sched);
 
     if (entry)
         entry->stop_ready += now - sched->ready_start;
 }
 
 /* Every switch on this CPU while capturing: prev ran until now. */
-static __always_inline struct cpu_log_t *kd_log_switch(u64 now)
+static __always_inline struct cpu_log_t *kd_log_switch(u64 now,
+                                                       u64 pid_tgid)
 {
     u32 zero = 0;
     struct cpu_log_t *log = cpu_log.lookup(&zero);
@@ -612,7 +616,6 @@ static __always_inline struct cpu_log_t *kd_log_switch(u64 now)
     if (!log)
         return 0;
 
-    u64 pid_tgid = bpf_get_current_pid_tgid();
     struct seg_t *seg = &log->seg[log->idx & (CPU_SEGS - 1)];
 
     seg->start = log->last;
@@ -889,7 +892,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     if (!(kd_is_target(pid_tgid) || kd_is_target(next_ids))) {
         /* Other tasks' switches only go into the CPU log (time budget). */
         if (kd_capturing())
-            kd_log_switch(bpf_ktime_get_ns());
+            kd_log_switch(bpf_ktime_get_ns(), pid_tgid);
         return 0;
     }
     if (!kd_capturing())
@@ -897,7 +900,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 
     u64 now = bpf_ktime_get_ns();
     struct sched_t *entry;
-    struct cpu_log_t *log = kd_log_switch(now);
+    struct cpu_log_t *log = kd_log_switch(now, pid_tgid);
 
     if (kd_is_target(pid_tgid) && (entry = kd_sched_entry(pid_tgid))) {
         /* The state is read live rather than from the prev_state
@@ -914,7 +917,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         entry->stop_start = !preempted && (state & STOPPED_STATE_MASK) ?
                             now : 0;
         if (!preempted)
-            kd_budget_sleeps(pid_tgid, state, now);
+            kd_budget_sleeps(pid_tgid, entry, state, now);
     }
 
     if (!kd_is_target(next_ids))
@@ -2283,6 +2286,14 @@ def split_sched_state(entries):
     return rows, starts, lost
 
 
+def budget_state_rows(entries):
+    """The budget_state rows of add_budget_rows(), (tid,) -> (sleep start,
+    sleep nr, unknown ns, stop_ready ns, call done), from the scheduler
+    state entries [(tid, value)] whose time budget is in use."""
+    return [((tid,), value[8][:5]) for tid, value in entries
+            if value[8][5]]
+
+
 def add_open_periods(threads, starts, end):
     """Count the periods still open when the window closed at end.
 
@@ -3495,8 +3506,7 @@ class Probes:
     STAT_TABLES = ("sys_stats", "poll_stats", "hardirq_stats",
                    "softirq_stats")
     TABLES = STAT_TABLES + ("sys_start", "sched_state", "exit_names")
-    BUDGET_TABLES = ("budget_state", "blocked_stats", "holders",
-                     "stop_signals")
+    BUDGET_TABLES = ("blocked_stats", "holders", "stop_signals")
     HIST_TABLES = ("sys_hist", "ready_hist")
 
     def __init__(self, bpf, pid, histogram=False):
@@ -3549,8 +3559,8 @@ class Probes:
         for name in self.STAT_TABLES:
             rows[name] = [(key if isinstance(key, tuple) else (key,),
                            Acc(*value)) for key, value in self.rows(name)]
-        sched_rows, starts, lost = split_sched_state(
-            self.rows("sched_state"))
+        sched = self.rows("sched_state")
+        sched_rows, starts, lost = split_sched_state(sched)
         rows.update(sched_rows)
         threads = collect_threads(rows)
         for tid, count in lost.items():
@@ -3558,8 +3568,9 @@ class Probes:
         open_stops = [((tid,), (start, starts["ready"].get(tid, 0)))
                       for tid, start in starts["stopped"].items()]
         add_open_periods(threads, starts, end_ns)
-        budget_rows = {"open_stops": open_stops}
-        tables = ("budget_state", "blocked_stats", "holders", "sys_start") \
+        budget_rows = {"open_stops": open_stops,
+                       "budget_state": budget_state_rows(sched)}
+        tables = ("blocked_stats", "holders", "sys_start") \
             + (self.HIST_TABLES if self.histogram else ())
         for name in tables:
             budget_rows[name] = [(key if isinstance(key, tuple) else (key,),

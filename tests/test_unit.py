@@ -826,6 +826,14 @@ def test_split_sched_state(kd):
     assert threads[9].ready == kd.Acc(1, 600, 600, 600)
 
 
+def test_budget_state_rows(kd):
+    none = (0, 0, 0, 0)
+    sched = (0, 0, 0, 1, 0, none, none, none)
+    entries = [(7, sched + ((500, 7, 0, 30, 1, 1),)),
+               (8, sched + ((0, 0, 0, 0, 0, 0),))]     # budget not in use
+    assert kd.budget_state_rows(entries) == [((7,), (500, 7, 0, 30, 1))]
+
+
 def test_acc_add_keeps_min_and_max(kd):
     acc = kd.Acc()
     for delta in (30, 10, 20):
