@@ -111,6 +111,14 @@ EBPF_SOURCE = r"""
 #define MAX_SYS_KEYS    @MAX_SYS_KEYS@
 #define MAX_IRQ_KEYS    @MAX_IRQ_KEYS@
 
+/* --syscall-events: report each system call that took at least
+ * MIN_EVENT_NS (poll() and ppoll() left out with SKIP_POLL_EVENTS), with
+ * its stacks if STACK_TRACES. */
+#define SYSCALL_EVENTS   @SYSCALL_EVENTS@
+#define MIN_EVENT_NS     @MIN_EVENT_NS@ULL
+#define SKIP_POLL_EVENTS @SKIP_POLL_EVENTS@
+#define STACK_TRACES     @STACK_TRACES@
+
 /* Where pid, tgid and the scheduler state live inside struct task_struct
  * on the running kernel. */
 #define TASK_PID_OFF    @TASK_PID_OFF@
@@ -148,10 +156,16 @@ enum capture_state {
 @CAPTURE_ENUM@
 };
 
+/* One record for every event type; triggers use the first three fields. */
 struct event_t {
-    u64 ts;
+    u64 ts;             /* trigger time, or system call exit */
     u32 tid;
     u32 type;
+    u64 entry_ts;       /* EVENT_SYSCALL: entry, number, stack ids */
+    u32 nr;
+    s32 kernel_stack;   /* stack_traces id, or -errno if it was lost */
+    s32 user_stack;
+    u32 pad;
 };
 
 /* count, total, min and max of a set of durations in ns */
@@ -229,6 +243,9 @@ struct sched_t {
 };
 
 BPF_RINGBUF_OUTPUT(events, @RINGBUF_PAGES@);
+#if STACK_TRACES
+BPF_STACK_TRACE(stack_traces, @STACK_TRACE_SIZE@);
+#endif
 BPF_PERCPU_ARRAY(counters, u64, @COUNTER_COUNT@);
 /* [0]: enum capture_state; [1]: when the window opened, [2]: when a
  * stop trigger closed it (ns). */
@@ -379,6 +396,11 @@ static __always_inline void kd_emit(u32 type, u64 now)
     event->ts = now;
     event->tid = bpf_get_current_pid_tgid();
     event->type = type;
+    event->entry_ts = 0;
+    event->nr = 0;
+    event->kernel_stack = -1;
+    event->user_stack = -1;
+    event->pad = 0;
     events.ringbuf_submit(event, 0);
 }
 
@@ -801,6 +823,42 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     return 0;
 }
 
+/* ---- System call events (--syscall-events) ------------------------- */
+/* Only for the target's calls that completed inside the window and took
+ * long enough: the stack walks are the expensive part. */
+#if SYSCALL_EVENTS
+static __always_inline void kd_syscall_event(
+    struct bpf_raw_tracepoint_args *ctx, u32 tid, u32 nr, u64 entry, u64 now)
+{
+    struct event_t *event = events.ringbuf_reserve(sizeof(*event));
+
+    if (!event) {
+        kd_bump(COUNTER_RINGBUF_FULL);
+        return;
+    }
+    event->ts = now;
+    event->tid = tid;
+    event->type = EVENT_SYSCALL;
+    event->entry_ts = entry;
+    event->nr = nr;
+    event->pad = 0;
+#if STACK_TRACES
+    /* Negative: the stack map is full, or another stack hashed to the
+     * same slot (-EEXIST). */
+    event->kernel_stack = stack_traces.get_stackid(ctx, 0);
+    event->user_stack = stack_traces.get_stackid(ctx, BPF_F_USER_STACK);
+    if (event->kernel_stack < 0)
+        kd_bump(COUNTER_STACK_LOST);
+    if (event->user_stack < 0)
+        kd_bump(COUNTER_STACK_LOST);
+#else
+    event->kernel_stack = -1;
+    event->user_stack = -1;
+#endif
+    events.ringbuf_submit(event, 0);
+}
+#endif
+
 /* args: struct pt_regs *regs, long ret */
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
@@ -826,13 +884,18 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
     u64 now = bpf_ktime_get_ns();
     struct sys_key_t key = { .tid = tid, .nr = start->nr };
-    u64 delta = now - start->ts;
+    u64 entry = start->ts;
+    u64 delta = now - entry;
     struct acc_t zero = {};
 
     start->ts = 0;
     kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
                COUNTER_SYS_STATS_FULL);
     kd_hist_sys(tid, key.nr, delta);
+#if SYSCALL_EVENTS
+    if (delta >= MIN_EVENT_NS && !(SKIP_POLL_EVENTS && IS_POLL(key.nr)))
+        kd_syscall_event(ctx, tid, key.nr, entry, now);
+#endif
     if (!IS_POLL(key.nr))
         return 0;
     if (kd_restarting(ret))
@@ -1111,7 +1174,42 @@ static __always_inline int kd_stop_trigger_fired(void)
     return 0;
 }
 
+@UPCALL_PROBE@
 @TRIGGER_FUNCTIONS@
+"""
+
+# OVS kernel datapath upcalls, compiled in only when the probe will be
+# attached (a kretprobe on ovs_dp_upcall(), which returns 0 or -errno).
+UPCALL_SOURCE = """
+/* ---- OVS kernel datapath upcalls ------------------------------------- */
+/* Upcalls run in the context of whatever received the packet (soft
+ * interrupts on any CPU), not in the target's threads: count them all,
+ * per CPU and result, while a window is open. */
+#include <asm/ptrace.h>     /* struct pt_regs, for PT_REGS_RC() */
+
+struct upcall_key_t {
+    u32 cpu;
+    s32 result;         /* 0 or -errno */
+};
+
+BPF_HASH(upcall_stats, struct upcall_key_t, u64, @UPCALL_KEYS@);
+
+int kd_upcall_return(struct pt_regs *ctx)
+{
+    if (!kd_capturing())
+        return 0;
+
+    struct upcall_key_t key = { .cpu = bpf_get_smp_processor_id(),
+                                .result = (int)PT_REGS_RC(ctx) };
+    u64 zero = 0;
+    u64 *count = upcall_stats.lookup_or_try_init(&key, &zero);
+
+    if (count)
+        __sync_fetch_and_add(count, 1);     /* the key is shared */
+    else
+        kd_bump(COUNTER_UPCALL_FULL);
+    return 0;
+}
 """
 
 # Generated C for one trigger: the function name is fixed, so no text from
@@ -1130,6 +1228,7 @@ class Event(enum.IntEnum):
     """Ring buffer event types (C: enum event_type)."""
     START_TRIGGER = 0
     STOP_TRIGGER = 1
+    SYSCALL = 2
 
 
 class Capture(enum.IntEnum):
@@ -1159,6 +1258,8 @@ class Counter(enum.IntEnum):
     BLOCKED_FULL = 14
     HOLDERS_FULL = 15
     HIST_FULL = 16
+    STACK_LOST = 17
+    UPCALL_FULL = 18
 
 
 def c_enum(enum_class, prefix):
@@ -1183,6 +1284,7 @@ COUNTER_TABLES = {
     Counter.BLOCKED_FULL: "blocked time",
     Counter.HOLDERS_FULL: "CPU holder",
     Counter.HIST_FULL: "histogram",
+    Counter.UPCALL_FULL: "upcall statistics",
 }
 
 SOFTIRQ_NAMES = ("hi", "timer", "net_tx", "net_rx", "block", "irq_poll",
@@ -1200,6 +1302,16 @@ DEFAULT_PROCESS = "ovs-vswitchd"
 MAX_SECONDS = 30 * 24 * 3600
 MAX_THREADS = 32768
 MAX_PAGES = 16384
+# Stack map entries (about 1 KiB each, preallocated).
+MAX_STACKS = 65536
+DEFAULT_STACKS = 4096
+# System call events kept per window (about 200 bytes each, plus the
+# distinct stacks); the rest are only counted.
+MAX_SHOWN_EVENTS = 10000
+# The function whose return the upcall statistics count, and the module
+# that has it.
+UPCALL_FUNCTION = "ovs_dp_upcall"
+OVS_MODULE = "openvswitch"
 
 
 # ---- Data classes -----------------------------------------------------------
@@ -1390,6 +1502,42 @@ class Trigger:
 
 
 @dataclass
+class SyscallEvent:
+    """One system call reported by --syscall-events."""
+    entry: int          # CLOCK_MONOTONIC ns
+    exit: int
+    tid: int
+    nr: int
+    kernel_stack: int = -1      # id in the stack map; < 0: -errno, lost
+    user_stack: int = -1
+
+
+@dataclass
+class EventLog:
+    """The --syscall-events of one window, with their stacks symbolized."""
+    events: List[SyscallEvent] = field(default_factory=list)
+    more: int = 0               # events received after the first
+    #                             MAX_SHOWN_EVENTS, counted only
+    stacks: bool = False        # stacks were recorded
+    kernel_stacks: Dict[int, List[str]] = field(default_factory=dict)
+    user_stacks: Dict[int, List[str]] = field(default_factory=dict)
+    names: Dict[int, str] = field(default_factory=dict)     # tid -> name
+
+
+@dataclass
+class UpcallStats:
+    """ovs_dp_upcall() results in one window, in total and per CPU."""
+    total: int = 0
+    successful: int = 0
+    failed: int = 0
+    total_per_cpu: Dict[int, int] = field(default_factory=dict)
+    successful_per_cpu: Dict[int, int] = field(default_factory=dict)
+    failed_per_cpu: Dict[int, int] = field(default_factory=dict)
+    errors: Dict[int, int] = field(default_factory=dict)    # errno -> n
+    errors_per_cpu: Dict[int, Dict[int, int]] = field(default_factory=dict)
+
+
+@dataclass
 class Window:
     """One sample window as seen by the sampling loop."""
     start_ts: Optional[int] = None    # trigger timestamps (CLOCK_MONOTONIC)
@@ -1439,6 +1587,8 @@ class Sample:
     losses: Dict[str, int] = field(default_factory=dict)   # in the window
     budgets: Dict[int, Budget] = field(default_factory=dict)   # by tid
     verdict: Optional[Verdict] = None
+    events: Optional["EventLog"] = None     # with --syscall-events
+    upcalls: Optional["UpcallStats"] = None     # when the probe is attached
 
 
 # ---- Pure functions: arguments and triggers ---------------------------------
@@ -1729,7 +1879,9 @@ def render_template(template, values):
 
 def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
                       max_threads=4096, triggers=(), restart_nr=-1,
-                      histogram=False):
+                      histogram=False, event_min_ns=None,
+                      skip_poll_events=False, stack_size=0,
+                      upcall_keys=0):
     """The complete eBPF C program.
 
     layout is a TaskLayout; with source "headers" the offsets come from
@@ -1737,6 +1889,12 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
     ("start", "stop") that get a trigger function; restart_nr is the number
     of restart_syscall(), -1 if there is none; histogram adds the
     --histogram tables.
+
+    event_min_ns: None, or emit an event for each system call that took at
+    least that long (poll() and ppoll() left out with skip_poll_events),
+    with its stacks when stack_size (entries of the stack map) is not 0.
+    upcall_keys: 0, or the size of the upcall table, which adds the
+    ovs_dp_upcall() return probe.
     """
     if layout.source == "headers":
         headers = "#include <linux/sched.h>"
@@ -1803,6 +1961,13 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "COUNTER_COUNT": len(Counter),
         "TRIGGER_FUNCTIONS": "".join(TRIGGER_FUNCTION.format(role=role)
                                      for role in triggers),
+        "SYSCALL_EVENTS": int(event_min_ns is not None),
+        "MIN_EVENT_NS": int(event_min_ns or 0),
+        "SKIP_POLL_EVENTS": int(bool(skip_poll_events)),
+        "STACK_TRACES": int(event_min_ns is not None and stack_size > 0),
+        "STACK_TRACE_SIZE": max(1, int(stack_size)),
+        "UPCALL_PROBE": render_template(UPCALL_SOURCE, {
+            "UPCALL_KEYS": int(upcall_keys)}) if upcall_keys else "",
     }
     values.update(offsets)
     return render_template(EBPF_SOURCE, values)
@@ -2184,13 +2349,14 @@ def wrap_items(head, items, width=79, indent="#   "):
     return lines + [line]
 
 
-def format_warnings(counters, sample_count):
-    """End-of-run warnings for non-zero loss counters, wrapped at 79."""
+def format_warnings(counters, sample_count, window=False):
+    """End-of-run warnings for non-zero loss counters, wrapped at 79.
+    With window, the warnings of one window (counters of that window)."""
+    head = "# WARNING (this window): " if window else "# WARNING: "
     lines = []
     for text in warning_texts(counters, sample_count):
-        lines += textwrap.wrap(text, width=79,
-                               initial_indent="# WARNING: ",
-                               subsequent_indent="#          ",
+        lines += textwrap.wrap(text, width=79, initial_indent=head,
+                               subsequent_indent="#" + " " * (len(head) - 1),
                                break_on_hyphens=False,
                                break_long_words=False)
     return lines
@@ -2211,6 +2377,14 @@ def warning_texts(counters, sample_count):
             "{} context switches were not reported",
             " by the kernel (a thread switched out without being seen "
             "switching in): the periods around {them} are left out."),
+        Counter.STACK_LOST: (
+            "{} stack trace was lost", "{} stack traces were lost",
+            " (the stack map was full, or two stacks hashed to the same "
+            "slot); increase --stack-trace-size."),
+        Counter.UPCALL_FULL: (
+            "{} upcall was not counted", "{} upcalls were not counted",
+            ": the upcall table was full (unexpected: it has room for "
+            "every CPU and error)."),
     }
     texts = []
     for counter in Counter:
@@ -2231,6 +2405,136 @@ def warning_texts(counters, sample_count):
                         COUNTER_TABLES[counter]))
         texts.append(text)
     return texts
+
+
+def stack_frame(addr, symbol):
+    """How a stack frame reads: bcc's "name+0xoff [module]", or, for an
+    address bcc could not resolve, "[unknown] 0xADDR" (and the module if
+    known)."""
+    if symbol.startswith("[unknown]"):
+        return "[unknown] 0x{:x}{}".format(addr, symbol[len("[unknown]"):])
+    return symbol
+
+
+# Frames of the tracing machinery on top of every kernel stack taken in a
+# tracepoint program: the eBPF program itself and the tracepoint glue.
+TRACING_FRAME = re.compile(r"(bpf_prog_|bpf_trace_run\d|__bpf_trace_|"
+                           r"__traceiter_|perf_trace_)")
+
+
+def trim_kernel_stack(frames):
+    """A kernel stack without the tracing frames it starts with."""
+    index = 0
+    while index < len(frames) and TRACING_FRAME.match(frames[index]):
+        index += 1
+    return frames[index:]
+
+
+def errno_name(number):
+    return errno.errorcode.get(number, "errno {}".format(number))
+
+
+def format_syscall_events(log, syscall_names):
+    """The # SYSCALL EVENTS table of one window (EventLog), each event
+    followed by its kernel and user stacks when they were recorded."""
+    frame_indent = " " * 10
+    lines = ["", "", "# SYSCALL EVENTS:",
+             "  {:>19} {:>19} {:>10} {:16} {:>10}  {}".format(
+                 "ENTRY (ns)", "EXIT (ns)", "TID", "COMM", "DELTA (us)",
+                 "SYSCALL"),
+             "  {} {} {} {} {}  {}".format("-" * 19, "-" * 19, "-" * 10,
+                                           "-" * 16, "-" * 10, "-" * 16)]
+    for event in log.events:
+        lines.append("  {:19} {:19} {:10} {:16.16} {:10,}  {}".format(
+            event.entry, event.exit, event.tid,
+            log.names.get(event.tid, "?"), (event.exit - event.entry) // 1000,
+            syscall_names.get(event.nr, "<unknown:{}>".format(event.nr))))
+        if not log.stacks:
+            continue
+        for kind, stack_id, table in (
+                ("kernel", event.kernel_stack, log.kernel_stacks),
+                ("user", event.user_stack, log.user_stacks)):
+            if stack_id < 0:
+                lines.append("{}[{} stack lost: {}]".format(
+                    frame_indent, kind, errno_name(-stack_id)))
+            else:
+                lines += [frame_indent + frame
+                          for frame in table.get(stack_id, ())]
+    if log.more:
+        lines += textwrap.wrap(
+            "{:,} more event{} not shown: only the first {:,} of a window "
+            "are kept; raise the DURATION_NS of --syscall-events to see "
+            "fewer, longer calls.".format(
+                log.more, "s" if log.more > 1 else "", MAX_SHOWN_EVENTS),
+            width=79, initial_indent="# ", subsequent_indent="# ",
+            break_on_hyphens=False)
+    return lines
+
+
+def collect_upcalls(rows):
+    """UpcallStats from the upcall table's rows, (cpu, result, count)
+    with result 0 or -errno."""
+    stats = UpcallStats()
+
+    def bump(table, key, count):
+        table[key] = table.get(key, 0) + count
+
+    for cpu, result, count in rows:
+        if not count:
+            continue
+        stats.total += count
+        bump(stats.total_per_cpu, cpu, count)
+        if result == 0:
+            stats.successful += count
+            bump(stats.successful_per_cpu, cpu, count)
+        else:
+            stats.failed += count
+            bump(stats.failed_per_cpu, cpu, count)
+            bump(stats.errors, -result, count)
+            bump(stats.errors_per_cpu.setdefault(-result, {}), cpu, count)
+    return stats
+
+
+def format_upcalls(stats):
+    """The # UPCALL STATISTICS section of one window (UpcallStats)."""
+    lines = ["", "# UPCALL STATISTICS (ovs_dp_upcall() calls):",
+             "  {:24} {:>14}  {}".format("RESULT", "COUNT",
+                                         "PER CPU (CPU: COUNT)"),
+             "  {} {}  {}".format("-" * 24, "-" * 14, "-" * 36)]
+    rows = [("total", stats.total, stats.total_per_cpu),
+            ("successful", stats.successful, stats.successful_per_cpu),
+            ("failed", stats.failed, stats.failed_per_cpu)]
+    for number, count in sorted(stats.errors.items(),
+                                key=lambda item: (-item[1], item[0])):
+        rows.append(("  {} ({})".format(errno_name(number), number), count,
+                     stats.errors_per_cpu.get(number, {})))
+    for label, count, per_cpu in rows:
+        head = "  {:24} {:14,}".format(label, count)
+        cpus = ["{}: {:,}".format(cpu, n)
+                for cpu, n in sorted(per_cpu.items()) if n]
+        if cpus:
+            # Under PER CPU, two spaces after the count.
+            head += " "
+        lines += wrap_items(head, cpus, indent=" " * (len(head) + 1))
+    return lines
+
+
+def upcall_skip_reason(kprobes, module_loaded, function_found):
+    """Why upcall statistics cannot be collected, or None if they can.
+
+    kprobes: the kernel supports them; module_loaded: the openvswitch
+    module is loaded; function_found: ovs_dp_upcall() can be probed."""
+    if not kprobes:
+        return ("the kernel has no kprobe support (CONFIG_KPROBES, "
+                "CONFIG_KPROBE_EVENTS), which the return probe on {}() "
+                "needs".format(UPCALL_FUNCTION))
+    if not module_loaded:
+        return ("the {} kernel module is not loaded (a userspace "
+                "datapath makes no kernel upcalls)".format(OVS_MODULE))
+    if not function_found:
+        return ("{}() is not in /proc/kallsyms or cannot be probed"
+                .format(UPCALL_FUNCTION))
+    return None
 
 
 def collect_threads(rows):
@@ -3183,6 +3487,35 @@ def ensure_tracefs():
     return target
 
 
+def kernel_function_exists(name):
+    """True if /proc/kallsyms lists a function of that name."""
+    try:
+        with open("/proc/kallsyms") as kallsyms:
+            return any(len(fields) >= 3 and fields[2] == name
+                       for fields in map(str.split, kallsyms))
+    except OSError:
+        return False
+
+
+def upcall_problem():
+    """Why upcall statistics cannot be collected here, or None."""
+    kprobes = kprobes_supported(tracefs_path())
+    module = os.path.isdir("/sys/module/" + OVS_MODULE)
+    return upcall_skip_reason(
+        kprobes, module,
+        kprobes and module and kernel_function_exists(UPCALL_FUNCTION))
+
+
+def possible_cpus():
+    """How many CPUs the kernel can have (ids 0 .. n - 1)."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as possible:
+            last = possible.read().strip().split(",")[-1]
+        return int(last.split("-")[-1]) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
 def kprobes_supported(tracefs):
     return (os.path.exists("/sys/bus/event_source/devices/kprobe") or
             os.path.exists(os.path.join(tracefs or "", "kprobe_events")))
@@ -3509,16 +3842,31 @@ class Probes:
     BUDGET_TABLES = ("blocked_stats", "holders", "stop_signals")
     HIST_TABLES = ("sys_hist", "ready_hist")
 
-    def __init__(self, bpf, pid, histogram=False):
+    def __init__(self, bpf, pid, histogram=False, stacks=False,
+                 upcalls=False):
         self.bpf = bpf
         self.pid = pid
         self.histogram = histogram
+        self.stacks = stacks        # the program records stacks
+        self.upcalls = upcalls      # the upcall probe is attached
         self.events = []
+        self.syscall_events = []
+        self.more_events = 0
+        self._event = bpf["events"].event
         bpf["events"].open_ring_buffer(self._on_event)
 
     def _on_event(self, _ctx, data, _size):
-        event = self.bpf["events"].event(data)
-        self.events.append((Event(event.type), event.ts))
+        # Called for every system call event: keep it cheap.
+        event = self._event(data)
+        if event.type == Event.SYSCALL:
+            if len(self.syscall_events) < MAX_SHOWN_EVENTS:
+                self.syscall_events.append(SyscallEvent(
+                    event.entry_ts, event.ts, event.tid, event.nr,
+                    event.kernel_stack, event.user_stack))
+            else:
+                self.more_events += 1
+        else:
+            self.events.append((Event(event.type), event.ts))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms for ring buffer events; returns them."""
@@ -3548,9 +3896,71 @@ class Probes:
         for name in self.TABLES + self.BUDGET_TABLES + (
                 self.HIST_TABLES if self.histogram else ()):
             self.bpf[name].clear()
+        if self.stacks:
+            self.bpf["stack_traces"].clear()
+        if self.upcalls:
+            self.bpf["upcall_stats"].clear()
         table = self.bpf["capture"]
         for key in (1, 2):
             table[table.Key(key)] = table.Leaf(0)
+        # Events of an earlier window still in the ring buffer (one that
+        # was skipped, say) must not count in the next.
+        self.bpf.ring_buffer_consume()
+        self.syscall_events, self.more_events = [], 0
+
+    def collect_events(self, threads):
+        """The window's system call events (drained from the ring buffer)
+        as an EventLog, stacks symbolized; threads gives the names."""
+        self.bpf.ring_buffer_consume()
+        log = EventLog(events=self.syscall_events, more=self.more_events,
+                       stacks=self.stacks)
+        self.syscall_events, self.more_events = [], 0
+        for event in log.events:
+            if event.tid not in log.names:
+                stats = threads.get(event.tid)
+                log.names[event.tid] = stats.name if stats else (
+                    thread_name(self.pid, event.tid) or "?")
+        if not self.stacks:
+            return log
+        table = self.bpf["stack_traces"]
+        symbols = {}
+
+        def frames(stack_id, pid):
+            try:
+                addrs = list(table.walk(stack_id))
+            except KeyError:
+                return ["[stack not found]"]
+            result = []
+            for addr in addrs:
+                key = (addr, pid)
+                if key not in symbols:
+                    if pid < 0:
+                        text = self.bpf.ksym(addr, show_module=True,
+                                             show_offset=True)
+                    else:
+                        text = self.bpf.sym(addr, pid, show_module=True,
+                                            show_offset=True)
+                    symbols[key] = stack_frame(
+                        addr, text.decode("utf-8", "replace"))
+                result.append(symbols[key])
+            return trim_kernel_stack(result) if pid < 0 else result
+
+        for event in log.events:
+            if event.kernel_stack >= 0 and \
+                    event.kernel_stack not in log.kernel_stacks:
+                log.kernel_stacks[event.kernel_stack] = frames(
+                    event.kernel_stack, -1)
+            if event.user_stack >= 0 and \
+                    event.user_stack not in log.user_stacks:
+                log.user_stacks[event.user_stack] = frames(
+                    event.user_stack, self.pid)
+        return log
+
+    def collect_upcalls(self):
+        """The window's UpcallStats."""
+        return collect_upcalls([
+            (key.cpu, key.result, value.value)
+            for key, value in self.bpf["upcall_stats"].items()])
 
     def collect(self, end_ns):
         """Read the tables once into ThreadStats; the window closed at
@@ -3680,6 +4090,7 @@ class Sampler:
         self.json = getattr(args, "format", "text") == "json"
         self.pending = []       # ring buffer events not yet consumed
         self.samples = self.skipped = 0
+        self.notes = []         # lines to print before the first window
 
     @staticmethod
     def write(stream, lines):
@@ -3811,17 +4222,30 @@ class Sampler:
         sample = Sample(self.samples, window, threads, quiet,
                         {counter: after[counter] - losses.get(counter, 0)
                          for counter in after}, budgets, verdict)
+        if args.syscall_events is not None:
+            sample.events = self.probes.collect_events(threads)
+        if getattr(self.probes, "upcalls", False):
+            sample.upcalls = self.probes.collect_upcalls()
         if self.json:
             self.report(doc=sample_document(sample, self.header,
                                             self.options(),
                                             self.syscall_names,
                                             self.poll_nrs))
         else:
-            self.say([timestamp_line(title, window.dumped)] +
-                     format_report(threads, self.syscall_names,
-                                   self.poll_nrs, quiet, budgets,
-                                   args.histogram) +
-                     format_verdict(verdict))
+            lines = [timestamp_line(title, window.dumped)] + format_report(
+                threads, self.syscall_names, self.poll_nrs, quiet, budgets,
+                args.histogram) + format_verdict(verdict)
+            if sample.events is not None:
+                lines += format_syscall_events(sample.events,
+                                               self.syscall_names)
+            if sample.upcalls is not None:
+                lines += format_upcalls(sample.upcalls)
+            # With several windows, each says what it lost; the end of the
+            # run sums it up.
+            if args.sample_count > 1:
+                lines += format_warnings(sample.losses, args.sample_count,
+                                         window=True)
+            self.say(lines)
         if interrupted:
             raise interrupted
         return window
@@ -3829,6 +4253,8 @@ class Sampler:
     def run(self):
         if self.header is not None:
             self.report(format_header(self.header))
+        if self.notes:
+            self.say(self.notes)
         if self.args.start_trigger:
             self.say(timestamp_line("# Waiting for start trigger '{}'".format(
                 self.args.start_trigger.text)))
@@ -4021,6 +4447,7 @@ class Session:
         self.tree = None
         self.mounted = None
         self.bpf = None
+        self.upcall_note = None     # why the upcall probe did not attach
 
     def close(self):
         # A second Ctrl-C must not cut the teardown short.
@@ -4077,7 +4504,22 @@ class Session:
                             failure.role, failure.trigger.text,
                             errors.last_line("no reason given")),
                         os.EX_OSERR)
-        return Probes(self.bpf, args.pid, args.histogram)
+        upcalls = args.upcalls
+        if upcalls:
+            with CapturedStderr(args.debug) as errors:
+                try:
+                    self.bpf.attach_kretprobe(event=UPCALL_FUNCTION,
+                                              fn_name="kd_upcall_return")
+                except Exception:
+                    upcalls = False
+            if not upcalls:
+                self.upcall_note = "attaching a return probe to {}() " \
+                    "failed ({})".format(UPCALL_FUNCTION,
+                                         errors.last_line("no reason given"))
+        return Probes(self.bpf, args.pid, args.histogram,
+                      stacks=args.syscall_events is not None and
+                      args.stack_trace_size > 0,
+                      upcalls=upcalls)
 
 
 # ---- Command line -----------------------------------------------------------
@@ -4098,6 +4540,9 @@ EXAMPLES = """examples:
   ./kernel_delay.py --start-trigger up:bridge_run \\
                     --stop-trigger ur:bridge_run --trigger-delta 1000000
                                          # bridge_run() calls over 1 ms
+  ./kernel_delay.py -s 1000000 --skip-syscall-poll-events
+                                         # and each system call over 1 ms,
+                                         # with its stacks
 
 triggers:
   u:PROVIDER:PROBE      USDT probe        t:SYSTEM:EVENT    tracepoint
@@ -4179,6 +4624,24 @@ def build_parser():
                         metavar="PCT",
                         help="verdict: stopped for PCT %% of the window is "
                              "worth a line, default 1")
+    parser.add_argument("-s", "--syscall-events", type=unsigned_int,
+                        nargs="?", const=0, default=None,
+                        metavar="DURATION_NS",
+                        help="also list each system call that took longer "
+                             "than DURATION_NS (every one without a value), "
+                             "with its stacks")
+    parser.add_argument("--skip-syscall-poll-events", action="store_true",
+                        help="leave poll() and ppoll() out of "
+                             "--syscall-events")
+    parser.add_argument("--stack-trace-size",
+                        type=bounded(unsigned_int, MAX_STACKS),
+                        metavar="N",
+                        help="distinct stacks --syscall-events can record "
+                             "in a window, default {}, at most {}; 0: no "
+                             "stacks".format(DEFAULT_STACKS, MAX_STACKS))
+    parser.add_argument("--skip-upcall-stats", action="store_true",
+                        help="do not count the OVS kernel datapath's "
+                             "upcalls (ovs_dp_upcall())")
     parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
@@ -4195,6 +4658,15 @@ def parse_args(argv):
                                    args.stop_trigger):
         parser.error("--trigger-delta needs both --start-trigger and "
                      "--stop-trigger")
+    if args.syscall_events is None:
+        for given, option in ((args.skip_syscall_poll_events,
+                               "--skip-syscall-poll-events"),
+                              (args.stack_trace_size is not None,
+                               "--stack-trace-size")):
+            if given:
+                parser.error("{} needs --syscall-events".format(option))
+    if args.stack_trace_size is None:
+        args.stack_trace_size = DEFAULT_STACKS
     return args
 
 
@@ -4227,6 +4699,20 @@ def open_output(path):
                     os.EX_IOERR)
 
 
+def event_min_ns(args):
+    """The shortest system call --syscall-events reports (None: off)."""
+    if args.syscall_events is None:
+        return None
+    # "Longer than" N; without a value (or 0), every call.
+    return args.syscall_events + 1 if args.syscall_events else 0
+
+
+def upcall_keys():
+    """Room in the upcall table for every CPU with success and every
+    errno."""
+    return possible_cpus() * (max(errno.errorcode) + 2)
+
+
 def run(args, out, command=()):
     """Everything after argument parsing; raises Fatal on errors."""
     if args.json_schema:
@@ -4251,10 +4737,22 @@ def run(args, out, command=()):
     poll_nrs = poll_syscalls(table)
     args.layout = choose_layout()
     triggers = triggers_of(args)
-    source = render_bpf_source(args.pid, args.layout, poll_nrs,
-                               args.buffer_page_count, args.max_threads,
-                               [role for role, _ in triggers],
-                               restart_syscall(table), args.histogram)
+    # Upcall statistics are for ovs-vswitchd only, and the probe is
+    # compiled in only when it will be attached.
+    upcall_note = None
+    args.upcalls = not args.skip_upcall_stats and \
+        thread_name(args.pid, args.pid) == DEFAULT_PROCESS
+    if args.upcalls:
+        upcall_note = upcall_problem()
+        args.upcalls = upcall_note is None
+    source = render_bpf_source(
+        args.pid, args.layout, poll_nrs, args.buffer_page_count,
+        args.max_threads, [role for role, _ in triggers],
+        restart_syscall(table), args.histogram,
+        event_min_ns=event_min_ns(args),
+        skip_poll_events=args.skip_syscall_poll_events,
+        stack_size=args.stack_trace_size,
+        upcall_keys=upcall_keys() if args.upcalls else 0)
     if args.ebpf:
         out.write(source)
         return os.EX_OK
@@ -4276,6 +4774,10 @@ def run(args, out, command=()):
             return os.EX_OK
         sampler = Sampler(probes, args, out, table, poll_nrs,
                           header=header, progress=progress)
+        upcall_note = upcall_note or session.upcall_note
+        if upcall_note:
+            sampler.notes.append("# Upcall statistics skipped: {}.".format(
+                upcall_note))
         try:
             sampler.run()
         except KeyboardInterrupt:

@@ -25,8 +25,27 @@ ROW_FIELDS = {
 }
 
 
+# --syscall-events: an event line, then its stack frames.
+EVENT = re.compile(r"^  +(\d+) +(\d+) +(\d+) (.{16}) +([\d,]+)  (\S+)$")
+FRAME = re.compile(r"^ {10}(\S.*)$")
+UPCALL = re.compile(r"^  +(\S.*?) +([\d,]+)(?:  (.*))?$")
+
+
 def number(text):
     return int(text.replace(",", ""))
+
+
+def cpu_counts(text):
+    """{cpu: count} from "0: 8,937, 2: 9,009"."""
+    return {int(cpu): number(count) for cpu, count in
+            re.findall(r"(\d+): ([\d,]+\d)", text)}
+
+
+def parse_event(match):
+    return {"entry": int(match.group(1)), "exit": int(match.group(2)),
+            "tid": int(match.group(3)), "comm": match.group(4).strip(),
+            "delta_us": number(match.group(5)), "syscall": match.group(6),
+            "frames": []}
 
 
 class Window:
@@ -36,13 +55,16 @@ class Window:
         self.quiet = ""
         self.skipped = False
         self.verdict = []       # the lines of # VERDICT, without "# "
+        self.events = None      # list of parse_event() dicts
+        self.more_events = 0
+        self.upcalls = None     # RESULT -> (count, {cpu: count})
 
 
 def parse(text):
     """A list of Window, one per '# ... sample dump' in text."""
     windows = []
     current = Window()
-    thread = section = None
+    thread = section = mode = None
     in_verdict = False
     for line in text.splitlines():
         if line == "# VERDICT":
@@ -56,6 +78,40 @@ def parse(text):
                 current.verdict.append(line[2:])
                 continue
             in_verdict = False
+        if line.startswith("# SYSCALL EVENTS:"):
+            mode, current.events = "events", []
+            continue
+        if line.startswith("# UPCALL STATISTICS"):
+            mode, current.upcalls = "upcalls", {}
+            continue
+        if mode == "events":
+            match = EVENT.match(line)
+            if match:
+                current.events.append(parse_event(match))
+                continue
+            match = FRAME.match(line)
+            if match and current.events:
+                current.events[-1]["frames"].append(match.group(1))
+                continue
+            match = re.match(r"# ([\d,]+) more events? not shown", line)
+            if match:
+                current.more_events = number(match.group(1))
+                continue
+        if mode == "upcalls":
+            if line.startswith(" " * 43) and current.upcalls:
+                # per CPU counts wrapped onto a line of their own
+                last = list(current.upcalls)[-1]
+                current.upcalls[last][1].update(cpu_counts(line))
+                continue
+            match = UPCALL.match(line)
+            if match and not line.strip().startswith(("RESULT", "---")):
+                current.upcalls[match.group(1)] = (
+                    number(match.group(2)), cpu_counts(match.group(3) or ""))
+                continue
+        if line.startswith("# "):
+            mode = None
+        elif mode:
+            continue
         if line.startswith("# No events from"):
             current.quiet = line
             continue

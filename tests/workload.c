@@ -18,7 +18,9 @@
  * Test workload for kernel_delay.py: a process with named threads whose
  * behaviour is known, driven by one-line commands on stdin.
  *
- * Build: gcc -O2 -g -pthread -Wall -Wextra -o workload workload.c
+ * Build: gcc -O2 -g -fno-omit-frame-pointer -pthread -Wall -Wextra \
+ *        -o workload workload.c
+ * (frame pointers: the tests check user stacks, which bcc walks with them)
  * Usage: workload [--spin CPU]
  *
  * Commands (one answer line each):
@@ -26,6 +28,8 @@
  *   tids       -> tids kd-main=TID kd-sleep=TID ...
  *   burst N    -> ok burst N    (kd-burst did N getsid() syscalls)
  *   udp N      -> ok udp N      (kd-udp sent/received N datagrams)
+ *   nap N      -> ok nap N      (kd-nap slept N times NAP_MS ms, one
+ *                 clock_nanosleep syscall each, from nap_thread())
  *   short N    -> ok short N TID (a new thread kd-short did N getpgid()
  *                 syscalls and exited)
  *   getppid N  -> ok getppid N NS  (kd-main made N getppid() syscalls in
@@ -59,13 +63,14 @@
 #include <unistd.h>
 
 #define UDP_LEN 64
+#define NAP_MS 25
 
-enum { T_MAIN, T_SLEEP, T_POLL, T_BURST, T_UDP, T_OP, T_POLLWAIT, T_SPIN1,
-       T_SPIN2, T_MAX };
+enum { T_MAIN, T_SLEEP, T_POLL, T_BURST, T_UDP, T_OP, T_POLLWAIT, T_NAP,
+       T_SPIN1, T_SPIN2, T_MAX };
 
 static const char *const thread_names[T_MAX] = {
 	"kd-main", "kd-sleep", "kd-poll", "kd-burst",
-	"kd-udp", "kd-op", "kd-pollwait", "kd-spin1", "kd-spin2",
+	"kd-udp", "kd-op", "kd-pollwait", "kd-nap", "kd-spin1", "kd-spin2",
 };
 
 static pid_t thread_tids[T_MAX];
@@ -92,6 +97,9 @@ static struct job burst_job = {
 static struct job udp_job = {
 	PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0
 };
+static struct job nap_job = {
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0
+};
 
 static int idle_pipe[2];	/* kd-poll waits on [0]; nobody writes [1] */
 static int udp_tx = -1, udp_rx = -1;
@@ -107,8 +115,11 @@ static void die(const char *what, int err)
 	exit(2);
 }
 
-/* Sleep ms milliseconds: one clock_nanosleep syscall unless interrupted. */
-static void sleep_ms(int ms)
+/* Sleep ms milliseconds: one clock_nanosleep syscall unless interrupted.
+ * Not inlined, so that a user stack taken in the system call names the
+ * thread function that called it (the C library's wrapper makes no frame
+ * of its own, which hides its direct caller from a frame pointer walk). */
+__attribute__((noinline)) static void sleep_ms(int ms)
 {
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 
@@ -259,6 +270,22 @@ static void *burst_thread(void *arg)
 		for (long i = 0; i < n; i++)
 			syscall(SYS_getsid, 0);
 		job_finish(&burst_job, 0);
+	}
+	return NULL;
+}
+
+/* Known sleeps for --syscall-events: the tests look for this function's
+ * name in the user stacks. */
+static void *nap_thread(void *arg)
+{
+	(void)arg;
+	thread_start(T_NAP);
+	for (;;) {
+		long n = job_wait(&nap_job);
+
+		for (long i = 0; i < n; i++)
+			sleep_ms(NAP_MS);
+		job_finish(&nap_job, 0);
 	}
 	return NULL;
 }
@@ -568,6 +595,14 @@ static void handle(char *line)
 			reply("error burst failed");
 		else
 			reply("ok burst %ld", n);
+	} else if (strncmp(line, "nap ", 4) == 0) {
+		n = parse_count(line + 4);
+		if (n < 0)
+			reply("error bad argument");
+		else if (job_run(&nap_job, n))
+			reply("error nap failed");
+		else
+			reply("ok nap %ld", n);
 	} else if (strncmp(line, "short ", 6) == 0) {
 		struct short_job job = { .n = parse_count(line + 6) };
 		pthread_t t;
@@ -643,6 +678,7 @@ int main(int argc, char **argv)
 	start_thread(udp_thread, NULL, -1);
 	start_thread(op_thread, NULL, -1);
 	start_thread(pollwait_thread, NULL, -1);
+	start_thread(nap_thread, NULL, -1);
 	if (spin_cpu >= 0) {
 		start_thread(spin_thread, (void *)0L, spin_cpu);
 		start_thread(spin_thread, (void *)1L, spin_cpu);

@@ -36,7 +36,9 @@ def build(outdir):
         return os.environ["KD_WORKLOAD"]
     os.makedirs(outdir, exist_ok=True)
     binary = os.path.join(outdir, "workload")
-    cmd = ["gcc", "-O2", "-g", "-pthread", "-Wall", "-Wextra",
+    # Frame pointers: the tests read user stacks, walked through them.
+    cmd = ["gcc", "-O2", "-g", "-fno-omit-frame-pointer", "-pthread",
+           "-Wall", "-Wextra",
            "-o", binary, SOURCE]
     res = subprocess.run(cmd, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, universal_newlines=True)
