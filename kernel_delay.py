@@ -2985,7 +2985,8 @@ def total_json(accs):
             "total_ns": sum(acc.total for acc in accs)}
 
 
-def thread_json(stats, syscall_names, poll_nrs):
+def thread_json(stats, syscall_names, poll_nrs, budget=None,
+                histogram=False):
     """One thread of a sample document: the numbers of its text block."""
     syscalls = []
     for nr, acc in by_total(stats.syscalls):
@@ -3009,7 +3010,88 @@ def thread_json(stats, syscall_names, poll_nrs):
                           **acc_json(acc))
                      for vec, acc in by_total(stats.softirqs)],
         "softirq_total": total_json(stats.softirqs.values()),
+        "budget": budget_json(budget),
+        "histograms": (histograms_json(stats, syscall_names) if histogram
+                       else None),
     }
+
+
+def share(ns, window):
+    """ns and its share of the window in percent."""
+    return {"ns": ns,
+            "percent": round(100.0 * ns / window, 3) if window > 0 else 0.0}
+
+
+def budget_json(budget):
+    """The time budget of a thread ([TIME BUDGET]), or None."""
+    if budget is None:
+        return None
+    window = budget.window
+    doc = {"window_ns": window, "quiet": budget.quiet}
+    for part in ("on_cpu", "hardirq", "softirq", "ready", "blocked",
+                 "stopped", "other"):
+        doc[part] = share(getattr(budget, part), window)
+    doc["kernel"] = share(budget.kernel, window)
+    doc["blocked_in"] = [dict(share(item.ns, window), name=item.name,
+                              nr=None if item.nr == NR_OUTSIDE else item.nr)
+                         for item in budget.blocked_in]
+    doc["in_flight"] = [{"nr": item.nr, "name": item.name, "ns": item.ns,
+                         "before_window": item.before_window}
+                        for item in budget.in_flight]
+    return doc
+
+
+def histogram_json(hist):
+    """The rows of a log2 histogram, as the text shows them."""
+    if not hist:
+        return []
+    rows = []
+    for slot in range(min(hist), max(hist) + 1):
+        low, high = log2_range(slot)
+        rows.append({"low_ns": low, "high_ns": high,
+                     "count": hist.get(slot, 0)})
+    return rows
+
+
+def histograms_json(stats, syscall_names):
+    return {"syscalls": [{"nr": nr, "name": syscall_names.get(nr),
+                          "slots": histogram_json(hist)}
+                         for nr, hist in sorted(stats.sys_hist.items())],
+            "ready": histogram_json(stats.ready_hist)}
+
+
+def verdict_json(verdict):
+    """The # VERDICT section, or None."""
+    if verdict is None:
+        return None
+    limits = verdict.thresholds
+    return {
+        "window_ns": verdict.window,
+        "thresholds": {"ready_percent": limits.ready,
+                       "irq_percent": limits.irq,
+                       "stopped_percent": limits.stopped},
+        "ranking": [{"tid": r.tid, "name": r.name, "kernel_ns": r.kernel,
+                     "percent": round(r.percent, 3)}
+                    for r in verdict.ranking],
+        "findings": [finding_json(f) for f in verdict.findings],
+    }
+
+
+def finding_json(finding):
+    """One finding of the verdict, with what backs it up."""
+    return {
+        "tid": finding.tid, "name": finding.name, "kind": finding.kind,
+        "ns": finding.ns, "percent": round(finding.percent, 3),
+        "threshold_percent": finding.threshold, "text": finding.text,
+        "next_step": finding.next_step,
+        "holders": [{"pid": h.pid, "tgid": h.tgid, "comm": h.comm,
+                     "ns": h.ns} for h in finding.holders],
+        "sources": [{"name": name, "ns": ns}
+                    for name, ns in finding.sources],
+        "signals": [{"signal": sig.sig, "name": sig.name,
+                     "sender": sig.sender, "tgid": sig.tgid,
+                     "comm": sig.comm, "count": sig.count}
+                    for sig in finding.signals]}
 
 
 def window_json(window):
@@ -3036,7 +3118,8 @@ def options_json(args):
                               if args.start_trigger else None),
             "stop_trigger": (args.stop_trigger.text
                              if args.stop_trigger else None),
-            "trigger_delta_ns": args.trigger_delta}
+            "trigger_delta_ns": args.trigger_delta,
+            "histogram": bool(getattr(args, "histogram", False))}
 
 
 def document(kind, header, options):
@@ -3071,12 +3154,16 @@ def sample_document(sample, header, options, syscall_names, poll_nrs):
     doc.update({
         "sample": sample.number,
         "window": window_json(sample.window),
-        "threads": [thread_json(stats, syscall_names, poll_nrs)
+        "threads": [thread_json(stats, syscall_names, poll_nrs,
+                                sample.budgets.get(stats.tid),
+                                options.get("histogram"))
                     for stats in ordered],
-        "quiet_threads": [{"tid": tid, "name": name, "where": where or None}
+        "quiet_threads": [{"tid": tid, "name": name, "where": where or None,
+                           "budget": budget_json(sample.budgets.get(tid))}
                           for tid, name, where in
                           sorted(sample.quiet,
                                  key=lambda item: (item[1], item[0]))],
+        "verdict": verdict_json(sample.verdict),
         "losses": losses_json(sample.losses),
     })
     return doc
@@ -3149,6 +3236,120 @@ def _json_schema():
         return {"type": "array", "items": _object(properties),
                 "description": what + ", largest total_ns first"}
 
+    def number(description):
+        return {"type": "number", "description": description}
+
+    def part(description):
+        return _object({"ns": {"type": "integer", "description": "ns"},
+                        "percent": number("share of the window")},
+                       description)
+
+    budget = _object({
+        "window_ns": integer("length of the window"),
+        "quiet": {"type": "boolean",
+                  "description": "no events: the thread was in one state "
+                                 "(the one /proc showed at the end) for the "
+                                 "whole window"},
+        "on_cpu": part("on a CPU, interrupts included"),
+        "hardirq": part("in hard interrupts (part of on_cpu)"),
+        "softirq": part("in soft interrupts (part of on_cpu)"),
+        "ready": part("waiting for a CPU"),
+        "blocked": part("asleep in system calls (or outside them)"),
+        "stopped": part("stopped"),
+        "other": part("what no probe accounts for; on_cpu + ready + "
+                      "blocked + stopped + other = window_ns"),
+        "kernel": part("kernel-caused delay: ready + hardirq + softirq + "
+                       "stopped"),
+        "blocked_in": {
+            "type": "array", "description": "where blocked went, largest "
+                                            "first",
+            "items": _object({
+                "nr": integer("system call number; null: asleep outside "
+                              "system calls", nullable=True),
+                "name": text("its name"),
+                "ns": integer("asleep in it"),
+                "percent": number("share of the window")})},
+        "in_flight": {
+            "type": "array", "description": "system calls still in "
+                                            "progress when the window "
+                                            "closed",
+            "items": _object({
+                "nr": integer("system call number"),
+                "name": text("its name"),
+                "ns": integer("the part inside the window"),
+                "before_window": {"type": "boolean",
+                                  "description": "entered before the "
+                                                 "window opened"}})},
+    }, "the thread's time budget ([TIME BUDGET])", nullable=True)
+
+    slots = {"type": "array",
+             "description": "log2 slots from the lowest to the highest "
+                            "used one",
+             "items": _object({"low_ns": integer("slot's lowest value"),
+                               "high_ns": integer("its highest value"),
+                               "count": integer("values in it")})}
+    histograms = _object({
+        "syscalls": {"type": "array", "items": _object({
+            "nr": integer("system call number"),
+            "name": text("its name, null when unknown", nullable=True),
+            "slots": slots})},
+        "ready": slots,
+    }, "--histogram: durations of system calls and of waits for a CPU; "
+       "null without --histogram", nullable=True)
+
+    finding = _object({
+        "tid": integer("thread ID"),
+        "name": text("thread name"),
+        "kind": {"enum": ["cpu", "irq", "stopped"],
+                 "description": "CPU contention, interrupt load, or "
+                                "stopped"},
+        "ns": integer("the delay found"),
+        "percent": number("its share of the window"),
+        "threshold_percent": number("the threshold it crossed"),
+        "text": text("the finding in plain words"),
+        "next_step": text("what to look at next"),
+        "holders": {"type": "array", "description": "cpu: tasks that ran "
+                                                    "on the CPU while the "
+                                                    "thread waited",
+                    "items": _object({
+                        "pid": integer("thread ID (0: idle)"),
+                        "tgid": integer("its process"),
+                        "comm": text("its name"),
+                        "ns": integer("how long it ran meanwhile")})},
+        "sources": {"type": "array", "description": "irq: interrupts by "
+                                                    "total time",
+                    "items": _object({"name": text("hard or soft IRQ"),
+                                      "ns": integer("time in it")})},
+        "signals": {"type": "array", "description": "stopped: stop signals "
+                                                    "sent in the window",
+                    "items": _object({
+                        "signal": integer("signal number"),
+                        "name": text("signal name"),
+                        "sender": integer("thread ID of the sender"),
+                        "tgid": integer("its process"),
+                        "comm": text("its name"),
+                        "count": integer("signals sent")})},
+    })
+    verdict = _object({
+        "window_ns": integer("length of the window"),
+        "thresholds": _object({
+            "ready_percent": number("--ready-threshold"),
+            "irq_percent": number("--irq-threshold"),
+            "stopped_percent": number("--stopped-threshold")}),
+        "ranking": {"type": "array",
+                    "description": "threads by kernel-caused delay, "
+                                   "largest share first",
+                    "items": _object({
+                        "tid": integer("thread ID"),
+                        "name": text("thread name"),
+                        "kernel_ns": integer("kernel-caused delay"),
+                        "percent": number("its share of the window")})},
+        "findings": {"type": "array", "items": finding,
+                     "description": "one per threshold crossed; empty: "
+                                    "the kernel shows no significant "
+                                    "delay"},
+    }, "the # VERDICT section", nullable=True)
+
     thread = _object({
         "tid": integer("thread ID"),
         "name": text("thread name (comm)"),
@@ -3176,6 +3377,8 @@ def _json_schema():
             "vector": integer("vector number"),
             "name": text("vector name")}),
         "softirq_total": total("soft interrupts"),
+        "budget": budget,
+        "histograms": histograms,
     }, "one thread that recorded something in the window")
 
     window = _object({
@@ -3230,7 +3433,9 @@ def _json_schema():
             "sample_interval_s": {"type": "number"},
             "start_trigger": text("--start-trigger", nullable=True),
             "stop_trigger": text("--stop-trigger", nullable=True),
-            "trigger_delta_ns": integer("--trigger-delta")}),
+            "trigger_delta_ns": integer("--trigger-delta"),
+            "histogram": {"type": "boolean",
+                          "description": "--histogram"}}),
     }
     losses = {"type": "object",
               "additionalProperties": {"type": "integer", "minimum": 0},
@@ -3264,10 +3469,12 @@ def _json_schema():
                         "name": text("thread name"),
                         "where": text("'in NAME' (blocked in that system "
                                       "call) or 'running', when known",
-                                      nullable=True)}),
+                                      nullable=True),
+                        "budget": budget}),
                     "description": "live threads that recorded nothing: "
                                    "blocked or on a CPU for the whole "
                                    "window"},
+                verdict=verdict,
                 losses=dict(losses, description="loss counters that grew "
                                                 "during this window")),
             doc("skipped", "a window shorter than --trigger-delta",

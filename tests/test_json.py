@@ -44,12 +44,16 @@ def header(kd, **changes):
 class FakeProbes:
     """Probes with canned tables: every window collects the same data."""
 
-    def __init__(self, kd, rows, names=None, quiet=(), counters=None):
+    def __init__(self, kd, rows, names=None, quiet=(), counters=None,
+                 budget_rows=None, signals=(), where=({}, {})):
         self.kd = kd
         self.rows = rows
         self.names = names or {}
         self.quiet = list(quiet)
         self.losses = counters or {}
+        self.budget_rows = budget_rows
+        self.signals = list(signals)
+        self.where = where
         self.windows = 0
 
     def reset(self):
@@ -70,6 +74,10 @@ class FakeProbes:
     def collect(self, end_ns):
         self.windows += 1
         threads = self.kd.collect_threads(self.rows)
+        if self.budget_rows:
+            # budget_rows(end) makes rows relative to the window's end.
+            self.kd.add_budget_rows(threads, self.budget_rows(end_ns),
+                                    end_ns)
         for tid, stats in threads.items():
             stats.name = self.names.get(tid, "t{}".format(tid))
         return threads
@@ -78,10 +86,10 @@ class FakeProbes:
         return self.quiet
 
     def whereabouts(self, tids):
-        return {}, {}
+        return self.where
 
     def stop_signals(self):
-        return []
+        return self.signals
 
     def counters(self):
         # Each read sees one more ring buffer overflow than the last.
@@ -92,13 +100,14 @@ class FakeProbes:
 
 
 class Clock:
-    """CLOCK_MONOTONIC that advances 1 ms per reading."""
+    """CLOCK_MONOTONIC that advances step (1 ms) per reading."""
 
-    def __init__(self):
+    def __init__(self, step=10 ** 6):
         self.now = 10 ** 12
+        self.step = step
 
     def __call__(self):
-        self.now += 10 ** 6
+        self.now += self.step
         return self.now
 
 
@@ -106,8 +115,9 @@ def wall():
     return datetime.datetime(2026, 11, 27, 11, 57, 25, 129152, tzinfo=UTC)
 
 
-def run_sampler(kd, argv, probes=None, head=None):
-    """The report of a Sampler over FakeProbes: (out, progress) text."""
+def run_sampler(kd, argv, probes=None, head=None, step=10 ** 6):
+    """The report of a Sampler over FakeProbes: (out, progress) text.
+    The clock moves step ns per reading."""
     args = kd.parse_args(["-p", str(os.getpid()),
                           "--sample-time", "0.001"] + argv)
     out, progress = io.StringIO(), io.StringIO()
@@ -115,7 +125,7 @@ def run_sampler(kd, argv, probes=None, head=None):
         kd, report_rows(kd), {2001: "handler12", 1002: "revalidator7"},
         QUIET)
     sampler = kd.Sampler(probes, args, out, SYSCALL_NAMES, POLL_NRS,
-                         clock=Clock(), header=head or header(kd),
+                         clock=Clock(step), header=head or header(kd),
                          progress=progress if args.format == "json" else
                          None, wall=wall)
     sampler.run()
@@ -212,8 +222,48 @@ def json_as_report(doc):
                                         thread["softirq_total"]["total_ns"])
         if thread["unreported_switches"]:
             parsed["LOST"] = thread["unreported_switches"]
+        if thread["budget"] is not None:
+            parsed["TIME BUDGET"] = budget_as_report(thread["budget"])
+        if thread["histograms"] is not None:
+            for call in thread["histograms"]["syscalls"]:
+                parsed.setdefault("SYSCALL HISTOGRAM", {})[
+                    call["name"] or "<unknown:{}>".format(call["nr"])] = [
+                    (row["low_ns"], row["high_ns"], row["count"])
+                    for row in call["slots"]]
+            if thread["histograms"]["ready"]:
+                parsed["READY HISTOGRAM"] = {"ready": [
+                    (row["low_ns"], row["high_ns"], row["count"])
+                    for row in thread["histograms"]["ready"]]}
         threads[thread["name"]] = parsed
     return threads
+
+
+def budget_as_report(budget, top=3):
+    """A JSON time budget in the shape tests/report.py parses."""
+    window = budget["window_ns"]
+
+    def row(ns):
+        return (ns, float("{:.1f}".format(100.0 * ns / window)))
+
+    parsed = {"in flight": [
+        (item["name"], float("{:.1f}".format(item["ns"] / 1e6)),
+         item["before_window"]) for item in budget["in_flight"]]}
+    for label, key in (("on a CPU", "on_cpu"), ("in hard IRQs", "hardirq"),
+                       ("in soft IRQs", "softirq"),
+                       ("waiting for a CPU", "ready"),
+                       ("asleep in system calls", "blocked"),
+                       ("stopped", "stopped"), ("other", "other")):
+        parsed[label] = row(budget[key]["ns"])
+        # The JSON's percent is the same share, unrounded.
+        assert abs(budget[key]["percent"] - parsed[label][1]) <= 0.05
+    for item in budget["blocked_in"][:top]:
+        parsed[item["name"]] = row(item["ns"])
+    rest = budget["blocked_in"][top:]
+    if rest:
+        parsed["{} other call{}".format(len(rest), "s" if len(rest) > 1
+                                        else "")] = \
+            row(sum(item["ns"] for item in rest))
+    return parsed
 
 
 def test_json_carries_the_numbers_of_the_text_report(kd):
@@ -227,9 +277,6 @@ def test_json_carries_the_numbers_of_the_text_report(kd):
     validate(kd, doc)
     windows = report.parse(text)
     assert len(windows) == 1
-    # (The JSON does not carry the time budget yet.)
-    for thread in windows[0].threads.values():
-        thread.pop("TIME BUDGET", None)
     assert windows[0].threads == json_as_report(doc)
     # Same order of threads and of lines within them.
     assert list(windows[0].threads) == [t["name"] for t in doc["threads"]]
@@ -243,6 +290,106 @@ def test_json_carries_the_numbers_of_the_text_report(kd):
         [str(q["tid"])] + ([q["where"]] if q["where"] else [])))
         for q in doc["quiet_threads"]]
     assert windows[0].quiet.endswith(" " + ", ".join(quiet))
+
+
+def budget_rows(end):
+    """Time budget tables of handler12 (2001) and revalidator7 (1002)."""
+    return {
+        "blocked_stats": [((2001, 7), 600_000_000), ((2001, 0), 50_000),
+                          ((2001, 1), 40_000), ((2001, 271), 30_000),
+                          ((2001, -1), 20_000), ((1002, 7), 100)],
+        "budget_state": [((2001,), (end - 700_000, 7, 0, 0, 1))],
+        "holders": [((2001, 0), (20_000, 0, "swapper/1")),
+                    ((2001, 4242), (25_000, 4242, "stress"))],
+        "sys_start": [((2001,), (end - 700_000, 7))],
+        "sys_hist": [((2001, 7, 10), 3), ((2001, 7, 13), 7),
+                     ((2001, 0, 5), 3)],
+        "ready_hist": [((2001, 0, 8), 12), ((2001, 0, 12), 7)],
+    }
+
+
+def test_budget_verdict_and_histograms_match_the_text(kd):
+    """The [TIME BUDGET], histogram and # VERDICT numbers of a 2 s window,
+    with a finding of each kind, in both formats."""
+    signal = kd.StopSignal(sig=19, name="SIGSTOP", sender=777, tgid=777,
+                           comm="kill", count=1)
+
+    def probes():
+        return FakeProbes(kd, report_rows(kd),
+                          {2001: "handler12", 1002: "revalidator7"}, QUIET,
+                          budget_rows=budget_rows, signals=[signal],
+                          where=({3000: 7, 3001: 7}, {2999: "R"}))
+    argv = ["--sample-time", "1", "--histogram", "--ready-threshold",
+            "0.001", "--irq-threshold", "0.005"]
+    text, _ = run_sampler(kd, argv, probes(), step=10 ** 9)
+    out, _ = run_sampler(kd, argv + ["--format", "json"], probes(),
+                         step=10 ** 9)
+    doc = documents(out)[0]
+    validate(kd, doc)
+    window = report.parse(text)[0]
+    assert window.threads == json_as_report(doc)
+    threads = {thread["tid"]: thread for thread in doc["threads"]}
+    handler = threads[2001]
+    # What the comparison covers is there.
+    assert handler["budget"]["window_ns"] == 2 * 10 ** 9
+    assert [item["name"] for item in handler["budget"]["blocked_in"]] == [
+        "poll", "read", "write", "ppoll", "(outside system calls)"]
+    assert handler["budget"]["blocked_in"][-1]["nr"] is None
+    assert handler["budget"]["in_flight"] == [
+        {"nr": 7, "name": "poll", "ns": 700_000, "before_window": False}]
+    assert "4 other calls" not in window.threads["handler12"]["TIME BUDGET"]
+    assert "2 other calls" in window.threads["handler12"]["TIME BUDGET"]
+    assert handler["histograms"]["ready"][0] == \
+        {"low_ns": 128, "high_ns": 255, "count": 12}
+    assert len(handler["histograms"]["ready"]) == 5
+    # Budget parts add up to the window.
+    budget = handler["budget"]
+    assert sum(budget[part]["ns"] for part in (
+        "on_cpu", "ready", "blocked", "stopped", "other")) == \
+        budget["window_ns"]
+    # Quiet threads have a budget in JSON (one state all along).
+    quiet = {q["tid"]: q["budget"] for q in doc["quiet_threads"]}
+    assert quiet[3000]["blocked_in"] == [{"nr": 7, "name": "poll",
+                                          "ns": 2 * 10 ** 9,
+                                          "percent": 100.0}]
+    assert quiet[2999]["on_cpu"] == {"ns": 2 * 10 ** 9, "percent": 100.0}
+
+    verdict = doc["verdict"]
+    assert verdict["thresholds"] == {"ready_percent": 0.001,
+                                     "irq_percent": 0.005,
+                                     "stopped_percent": 1.0}
+    assert [(f["tid"], f["kind"]) for f in verdict["findings"]] == [
+        (1002, "stopped"), (2001, "cpu"), (2001, "irq")]
+    stopped, cpu, irq = verdict["findings"]
+    assert cpu["holders"] == [
+        {"pid": 4242, "tgid": 4242, "comm": "stress", "ns": 25_000},
+        {"pid": 0, "tgid": 0, "comm": "swapper/1", "ns": 20_000}]
+    # Equal totals: by name.
+    assert irq["sources"][:2] == [{"name": "soft IRQ net_rx", "ns": 50_000},
+                                  {"name": "soft IRQ timer", "ns": 50_000}]
+    assert stopped["signals"] == [{"signal": 19, "name": "SIGSTOP",
+                                   "sender": 777, "tgid": 777,
+                                   "comm": "kill", "count": 1}]
+    # The text says the same, finding by finding.
+    for finding in verdict["findings"]:
+        assert "- {} Next: {}.".format(finding["text"],
+                                       finding["next_step"]) in \
+            window.verdict
+    ranking = ", ".join("{} ({}) {:.1f} %".format(r["name"], r["tid"],
+                                                  r["percent"])
+                        for r in verdict["ranking"] if r["percent"] >= 0.05)
+    assert ranking in window.verdict[0]
+
+
+def test_no_findings(kd):
+    rows = report_rows(kd)
+    del rows["stop_stats"]
+    out, _ = run_sampler(kd, ["--format", "json", "--sample-time", "1"],
+                         FakeProbes(kd, rows), step=10 ** 9)
+    doc = documents(out)[0]
+    assert doc["verdict"]["findings"] == []
+    assert doc["options"]["histogram"] is False
+    assert all(thread["histograms"] is None for thread in doc["threads"])
 
 
 def test_lost_switches_in_both_formats(kd):
@@ -405,8 +552,9 @@ def test_odd_thread_names_in_json(kd):
     names = {t["tid"]: t["name"] for t in sample["threads"]}
     # Valid text comes out as it is; bytes that were not UTF-8 as \xNN.
     assert names == {**ODD_NAMES, 14: "bad\\xff\\xfebytes"}
-    assert sample["quiet_threads"] == [
-        {"tid": 20, "name": "\x07q\\x80", "where": "in poll"}]
+    assert [dict(quiet, budget=None) for quiet in sample["quiet_threads"]] \
+        == [{"tid": 20, "name": "\x07q\\x80", "where": "in poll",
+             "budget": None}]
     # A strict UTF-8 decoder accepts every byte.
     out.encode("ascii").decode("utf-8", "strict")
 

@@ -95,7 +95,7 @@ def json_run(workload_bin):  # noqa: F811
                 answers.append((load.command(command), expected))
 
         code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
-                                    "1"], on_start=act)
+                                    "1", "--histogram"], on_start=act)
         yield load, code, docs, err, answers
 
 
@@ -133,6 +133,40 @@ def test_json_exact_counts(json_run):
     assert poll["syscall_total"]["count"] == \
         calls(poll)["clock_nanosleep"]["count"]
     assert all(thread["stopped"] is None for thread in threads.values())
+    # --histogram: every getsid() call is in one slot or another.
+    getsid = [call for call in threads["kd-burst"]["histograms"]["syscalls"]
+              if call["name"] == "getsid"][0]
+    assert sum(row["count"] for row in getsid["slots"]) == BURST
+    ready = threads["kd-sleep"]["histograms"]["ready"]
+    assert sum(row["count"] for row in ready) == \
+        threads["kd-sleep"]["ready"]["count"]
+
+
+def test_json_budget_adds_up(json_run):
+    load, code, docs, err, _ = json_run
+    sample = docs[0]
+    window = sample["window"]["duration_ns"]
+    budgets = [thread["budget"] for thread in sample["threads"]] + \
+        [thread["budget"] for thread in sample["quiet_threads"]]
+    assert len(budgets) >= 8
+    for budget in budgets:
+        assert budget["window_ns"] == window
+        parts = sum(budget[part]["ns"] for part in (
+            "on_cpu", "ready", "blocked", "stopped", "other"))
+        assert parts == window
+    for thread in sample["threads"]:
+        # Unaccounted time: before kd-short was created and after it
+        # exited, and around switches the kernel did not report.
+        if thread["name"] != "kd-short" and \
+                not thread["unreported_switches"]:
+            assert abs(thread["budget"]["other"]["ns"]) <= 0.01 * window, \
+                thread
+    sleeper = threads_of(sample)["kd-sleep"]["budget"]
+    assert sleeper["blocked_in"][0]["name"] == "clock_nanosleep"
+    assert sleeper["blocked"]["percent"] > 90
+    # An idle workload: nothing for the verdict.
+    assert sample["verdict"]["findings"] == []
+    assert sample["options"]["histogram"] is True
 
 
 def test_json_window_and_progress(json_run):
@@ -179,7 +213,32 @@ def test_json_header(json_run, workload_bin):  # noqa: F811
                    proc_start_seconds(load.pid)) < 0.02
         assert doc["tool"]["version"] == KD.__version__
         assert doc["tool"]["command"][1:] == [
-            "--format", "json", "-p", str(load.pid), "--sample-time", "1"]
+            "--format", "json", "-p", str(load.pid), "--sample-time", "1",
+            "--histogram"]
+
+
+def test_json_verdict_names_cpu_contention(workload_bin):  # noqa: F811
+    """Two spinners pinned to one CPU: each waits for the other."""
+    cpu = os.cpu_count() - 1
+    with workload_ctl.Workload(workload_bin, spin_cpu=cpu) as load:
+        tids = load.tids()
+        time.sleep(0.3)
+        code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                    "1"])
+    assert code == 0, err
+    verdict = docs[0]["verdict"]
+    cpu_findings = {f["name"]: f for f in verdict["findings"]
+                    if f["kind"] == "cpu"}
+    assert {"kd-spin1", "kd-spin2"} <= set(cpu_findings)
+    for name, other in (("kd-spin1", "kd-spin2"), ("kd-spin2", "kd-spin1")):
+        finding = cpu_findings[name]
+        assert finding["tid"] == tids[name]
+        assert finding["percent"] >= verdict["thresholds"]["ready_percent"]
+        holders = {h["pid"]: h for h in finding["holders"]}
+        assert tids[other] in holders
+        assert holders[tids[other]]["tgid"] == load.pid
+    ranked = [r["name"] for r in verdict["ranking"][:2]]
+    assert sorted(ranked) == ["kd-spin1", "kd-spin2"]
 
 
 def test_text_header(workload_bin):  # noqa: F811
@@ -326,9 +385,11 @@ def test_process_by_name(tmp_path):
         (proc.pid, "kd-json-sleeper")
     # Blocked in one sleep for the whole window.
     assert docs[0]["threads"] == []
-    assert docs[0]["quiet_threads"] == [
-        {"tid": proc.pid, "name": "kd-json-sleeper",
-         "where": "in clock_nanosleep"}]
+    quiet = docs[0]["quiet_threads"]
+    assert [(q["tid"], q["name"], q["where"]) for q in quiet] == [
+        (proc.pid, "kd-json-sleeper", "in clock_nanosleep")]
+    assert quiet[0]["budget"]["blocked_in"][0]["name"] == "clock_nanosleep"
+    assert quiet[0]["budget"]["blocked"]["percent"] == 100.0
     assert old[0] == 0, old[2]
     assert "# Process kd-json-sleeper, PID {}:".format(proc.pid) in old[1]
 
