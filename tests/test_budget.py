@@ -1,0 +1,215 @@
+# SPDX-License-Identifier: Apache-2.0
+"""End-to-end tests of the time budget and the verdict: real probes on
+the workload, checked against what the workload does and against
+/proc/PID/task/TID/schedstat."""
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+import workload_ctl
+from test_e2e import MSEC, NSEC, Capture, run_tool, spin_cpu
+import report
+
+pytestmark = pytest.mark.privileged
+
+PARTS = ("on a CPU", "waiting for a CPU", "asleep in system calls",
+         "stopped")
+
+
+@pytest.fixture(scope="module")
+def workload_bin(tmp_path_factory):
+    return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
+
+
+def budget(thread):
+    return thread["TIME BUDGET"]
+
+
+def window_of(thread):
+    """The window length, from the budget: its parts plus other."""
+    rows = budget(thread)
+    return sum(rows[part][0] for part in PARTS) + rows["other"][0]
+
+
+def findings(window):
+    """The verdict's findings, one string each."""
+    return [line[2:] for line in window.verdict if line.startswith("- ")]
+
+
+def assert_adds_up(thread, window_ns):
+    """The measured parts cover the window within 1 %, unless the kernel
+    did not report a switch of the thread (its NOTE says so): then they
+    can only fall short."""
+    rows = budget(thread)
+    measured = sum(rows[part][0] for part in PARTS)
+    assert window_of(thread) == window_ns
+    if thread.get("LOST"):
+        assert measured <= 1.01 * window_ns
+    else:
+        assert abs(measured - window_ns) <= 0.01 * window_ns, rows
+
+
+@pytest.fixture(scope="module")
+def spinning(workload_bin):
+    """A 2 s window over the workload, with two spinners on one CPU."""
+    with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
+        time.sleep(0.3)     # let the spinners settle into sharing
+        yield Capture(load, ["--sample-time", "2"])
+
+
+def test_budget_adds_up_to_the_window(spinning):
+    threads = spinning.windows[0].threads
+    window_ns = window_of(spinning.thread("kd-spin1"))
+    # The window closes when the tool gets to it: a little after 2 s.
+    assert 2 * NSEC <= window_ns < 2.1 * NSEC
+    assert {"kd-spin1", "kd-spin2", "kd-sleep", "kd-poll", "kd-op",
+            "kd-pollwait"} <= set(threads)
+    for name, thread in threads.items():
+        assert_adds_up(thread, window_ns)
+
+
+@pytest.mark.parametrize("name", ["kd-spin1", "kd-spin2"])
+def test_waiting_share_matches_schedstat(spinning, name):
+    thread = spinning.thread(name)
+    waited = spinning.delta(name, 1)
+    assert waited > 0.6 * NSEC
+    assert abs(budget(thread)["waiting for a CPU"][0] - waited) <= \
+        0.10 * waited
+    # Spinners never sleep.
+    assert budget(thread)["asleep in system calls"][0] == 0
+
+
+def test_verdict_names_the_other_spinner(spinning):
+    tids = spinning.tids
+    found = findings(spinning.windows[0])
+    for me, other in (("kd-spin1", "kd-spin2"), ("kd-spin2", "kd-spin1")):
+        mine = [text for text in found
+                if text.startswith("{} ({}) waited".format(me, tids[me]))]
+        assert len(mine) == 1, found
+        assert "CPU contention" in mine[0]
+        assert "threshold 5 %" in mine[0]
+        # The other spinner held the CPU most of the time.
+        assert "meanwhile its CPU ran {} ({})".format(
+            other, tids[other]) in mine[0], mine[0]
+    # The sleepers wait for microseconds: no finding.
+    assert all(text.startswith(("kd-spin1", "kd-spin2")) for text in found)
+
+
+def test_sleep_across_the_window_edges(spinning):
+    """kd-pollwait sits in poll(200 ms): the call it was in when the
+    window opened is not a complete call (SYSCALL STATISTICS leave it
+    out) but its sleep inside the window is in the budget, and the call
+    in progress at the end is shown in flight."""
+    thread = spinning.thread("kd-pollwait")
+    rows = budget(thread)
+    window_ns = window_of(thread)
+    assert rows["poll"][0] == rows["asleep in system calls"][0]
+    assert rows["poll"][0] >= 0.99 * window_ns
+    calls = thread["SYSCALL"]["poll"]
+    (in_flight,) = rows["in flight"]
+    assert in_flight[0] == "poll" and not in_flight[2]
+    assert 0 < in_flight[1] <= 201
+    # Complete calls, the one in flight, and the rest of the one the
+    # window opened in: that rest is only in the budget.
+    assert calls["total"] + in_flight[1] * MSEC < rows["poll"][0]
+
+
+def test_stopped_time_and_its_signal(workload_bin):
+    times = {}
+
+    def stop_and_continue(workload):
+        time.sleep(0.1)
+        times["stop"] = time.monotonic()
+        os.kill(workload.pid, signal.SIGSTOP)
+        time.sleep(0.3)
+        times["cont"] = time.monotonic()
+        os.kill(workload.pid, signal.SIGCONT)
+
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
+    stopped_for = (times["cont"] - times["stop"]) * NSEC
+    window = capture.windows[0]
+    found = findings(window)
+    for name in ("kd-sleep", "kd-poll", "kd-op", "kd-pollwait"):
+        thread = capture.thread(name)
+        rows = budget(thread)
+        assert_adds_up(thread, window_of(thread))
+        if thread.get("LOST") and not rows["stopped"][0]:
+            continue            # the kernel did not report its switch
+        # Stopped until SIGCONT woke it: the wait for a CPU after that is
+        # in "waiting for a CPU" only.
+        assert abs(rows["stopped"][0] - stopped_for) < 30 * MSEC, name
+        mine = [text for text in found if text.startswith(
+            "{} ({}) was stopped".format(name, capture.tids[name]))]
+        assert len(mine) == 1, found
+        assert "by SIGSTOP from " in mine[0]
+        assert "({})".format(os.getpid()) in mine[0]
+        assert "threshold 1 %" in mine[0]
+
+
+def test_interrupt_load_names_the_vector(workload_bin):
+    """Loopback UDP raises NET_RX and runs it in the sending thread: with
+    100,000 round trips in the window, kd-udp spends well over 5 % of it
+    in soft interrupts."""
+    def udp(workload):
+        assert workload.command("udp 100000", timeout=30) == "ok udp 100000"
+
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "0.5"], (udp,))
+    thread = capture.thread("kd-udp")
+    rows = budget(thread)
+    softirq = rows["in soft IRQs"][0]
+    assert softirq == thread["SOFT IRQ TOTAL"][1]
+    assert rows["in soft IRQs"][1] >= 5.0
+    mine = [text for text in findings(capture.windows[0])
+            if text.startswith("kd-udp ({})".format(capture.tids["kd-udp"]))]
+    irq = [text for text in mine if "interrupt load" in text]
+    assert len(irq) == 1, capture.windows[0].verdict
+    assert re.search(r"most of it soft IRQ net_rx [\d,.]+ ms", irq[0])
+    assert "/proc/softirqs" in irq[0]
+
+
+def test_quiet_on_an_idle_workload(workload_bin):
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "1"])
+    window = capture.windows[0]
+    assert findings(window) == [], window.verdict
+    assert any("no significant delay for this window" in line
+               for line in window.verdict), window.verdict
+    for thread in window.threads.values():
+        assert_adds_up(thread, window_of(thread))
+
+
+def test_thresholds_are_options(workload_bin):
+    """The idle workload's sleepers wait for a CPU now and then: with a
+    threshold of 0 % that is a finding."""
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "0.5",
+                                 "--ready-threshold", "0"])
+    found = findings(capture.windows[0])
+    assert any(text.startswith("kd-sleep ({}) waited".format(
+        capture.tids["kd-sleep"])) and "threshold 0 %" in text
+        for text in found), found
+
+
+def test_histograms(workload_bin):
+    with workload_ctl.Workload(workload_bin) as load:
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time", "1",
+                                   "--histogram"])
+        assert code == 0, err
+        code, plain, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                     "0.3"])
+    assert code == 0, err
+    assert "HISTOGRAM" not in plain
+    thread = report.parse(out)[0].threads["kd-sleep"]
+    sleeps = thread["SYSCALL HISTOGRAM"]["clock_nanosleep"]
+    count = thread["SYSCALL"]["clock_nanosleep"]["count"]
+    # 20 ms sleeps: all in [2^24, 2^25) ns.
+    assert [(low, high, n) for low, high, n in sleeps if n] == [
+        (16777216, 33554431, count)]
+    ready = thread["READY HISTOGRAM"]["ready"]
+    assert sum(n for _, _, n in ready) == thread["THREAD READY"]["count"]
