@@ -3094,6 +3094,58 @@ def finding_json(finding):
                     for sig in finding.signals]}
 
 
+def events_json(log, syscall_names):
+    """The # SYSCALL EVENTS of a window (EventLog), or None."""
+    if log is None:
+        return None
+
+    def stack(stack_id, table):
+        # (frames, why lost): both None when no stacks were recorded.
+        if not log.stacks:
+            return None, None
+        if stack_id < 0:
+            return None, errno_name(-stack_id)
+        return list(table.get(stack_id, ())), None
+
+    events = []
+    for event in log.events:
+        kernel, kernel_lost = stack(event.kernel_stack, log.kernel_stacks)
+        user, user_lost = stack(event.user_stack, log.user_stacks)
+        events.append({
+            "entry_ns": event.entry, "exit_ns": event.exit,
+            "duration_ns": event.exit - event.entry, "tid": event.tid,
+            "name": log.names.get(event.tid, "?"), "nr": event.nr,
+            "syscall": syscall_names.get(event.nr),
+            "kernel_stack": kernel, "kernel_stack_lost": kernel_lost,
+            "user_stack": user, "user_stack_lost": user_lost})
+    return {"events": events, "more": log.more, "stacks": log.stacks}
+
+
+def per_cpu_json(counts):
+    return [{"cpu": cpu, "count": count}
+            for cpu, count in sorted(counts.items()) if count]
+
+
+def upcalls_json(stats):
+    """The # UPCALL STATISTICS of a window (UpcallStats), or None."""
+    if stats is None:
+        return None
+    return {
+        "total": stats.total, "successful": stats.successful,
+        "failed": stats.failed,
+        "total_per_cpu": per_cpu_json(stats.total_per_cpu),
+        "successful_per_cpu": per_cpu_json(stats.successful_per_cpu),
+        "failed_per_cpu": per_cpu_json(stats.failed_per_cpu),
+        "errors": [{"errno": number, "name": errno_name(number),
+                    "count": count,
+                    "per_cpu": per_cpu_json(stats.errors_per_cpu.get(
+                        number, {}))}
+                   for number, count in sorted(
+                       stats.errors.items(),
+                       key=lambda item: (-item[1], item[0]))],
+    }
+
+
 def window_json(window):
     duration = None
     if window.open_ns is not None and window.close_ns is not None:
@@ -3119,11 +3171,16 @@ def options_json(args):
             "stop_trigger": (args.stop_trigger.text
                              if args.stop_trigger else None),
             "trigger_delta_ns": args.trigger_delta,
-            "histogram": bool(getattr(args, "histogram", False))}
+            "histogram": bool(getattr(args, "histogram", False)),
+            "syscall_events_ns": getattr(args, "syscall_events", None),
+            "skip_syscall_poll_events": bool(getattr(
+                args, "skip_syscall_poll_events", False)),
+            "stack_trace_size": getattr(args, "stack_trace_size", 0)}
 
 
-def document(kind, header, options):
-    """The fields every document has: it stands alone."""
+def document(kind, header, options, notes=()):
+    """The fields every document has: it stands alone.  notes are the
+    run's notes (the text's "# ..." lines before the first window)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "type": kind,
@@ -3138,6 +3195,8 @@ def document(kind, header, options):
                    "version": header.version,
                    "version_error": header.version_error},
         "options": options,
+        "notes": [note[2:] if note.startswith("# ") else note
+                  for note in notes],
     }
 
 
@@ -3147,9 +3206,10 @@ def losses_json(counters):
             for counter, value in sorted(counters.items())}
 
 
-def sample_document(sample, header, options, syscall_names, poll_nrs):
+def sample_document(sample, header, options, syscall_names, poll_nrs,
+                    notes=()):
     """The JSON document of one reported window."""
-    doc = document("sample", header, options)
+    doc = document("sample", header, options, notes)
     ordered = sorted(sample.threads.values(), key=lambda t: (t.name, t.tid))
     doc.update({
         "sample": sample.number,
@@ -3164,21 +3224,25 @@ def sample_document(sample, header, options, syscall_names, poll_nrs):
                           sorted(sample.quiet,
                                  key=lambda item: (item[1], item[0]))],
         "verdict": verdict_json(sample.verdict),
+        "syscall_events": events_json(sample.events, syscall_names),
+        "upcalls": upcalls_json(sample.upcalls),
         "losses": losses_json(sample.losses),
+        "warnings": warning_texts(sample.losses, options["sample_count"]),
     })
     return doc
 
 
-def skipped_document(window, header, options):
+def skipped_document(window, header, options, notes=()):
     """The JSON document of a window shorter than --trigger-delta."""
-    doc = document("skipped", header, options)
+    doc = document("skipped", header, options, notes)
     doc["window"] = window_json(window)
     return doc
 
 
-def end_document(header, options, counters, samples, skipped, end):
+def end_document(header, options, counters, samples, skipped, end,
+                 notes=()):
     """The last document of a run: how it ended, and what was lost."""
-    doc = document("end", header, options)
+    doc = document("end", header, options, notes)
     doc.update({"end": end, "samples": samples, "skipped": skipped,
                 "losses": losses_json(counters),
                 "warnings": warning_texts(counters, options["sample_count"])})
@@ -3350,6 +3414,52 @@ def _json_schema():
                                     "delay"},
     }, "the # VERDICT section", nullable=True)
 
+    def stack(which):
+        return {"type": ["array", "null"], "items": {"type": "string"},
+                "description": (which + " stack, innermost frame first; "
+                                "null when lost or not recorded")}
+
+    per_cpu = {"type": "array",
+               "items": _object({"cpu": integer("CPU number"),
+                                 "count": integer("upcalls on it")}),
+               "description": "CPUs with a count, in CPU order"}
+    event = _object({
+        "entry_ns": integer("CLOCK_MONOTONIC entry"),
+        "exit_ns": integer("CLOCK_MONOTONIC exit"),
+        "duration_ns": integer("exit_ns - entry_ns"),
+        "tid": integer("thread ID"),
+        "name": text("thread name"),
+        "nr": integer("system call number"),
+        "syscall": text("its name, null when unknown", nullable=True),
+        "kernel_stack": stack("kernel"),
+        "kernel_stack_lost": text("why the kernel stack was lost (an "
+                                  "errno name)", nullable=True),
+        "user_stack": stack("user"),
+        "user_stack_lost": text("why the user stack was lost",
+                                nullable=True)})
+    syscall_events = _object({
+        "events": {"type": "array", "items": event,
+                   "description": "in the order they ended"},
+        "more": integer("events after the first ones, counted only"),
+        "stacks": {"type": "boolean",
+                   "description": "stacks were recorded"},
+    }, "--syscall-events; null without it", nullable=True)
+    upcalls = _object({
+        "total": integer("ovs_dp_upcall() calls"),
+        "successful": integer("that returned 0"),
+        "failed": integer("that returned an error"),
+        "total_per_cpu": per_cpu,
+        "successful_per_cpu": per_cpu,
+        "failed_per_cpu": per_cpu,
+        "errors": {"type": "array", "items": _object({
+            "errno": integer("error number"),
+            "name": text("its name"),
+            "count": integer("calls that returned it"),
+            "per_cpu": per_cpu}),
+            "description": "most frequent first"},
+    }, "# UPCALL STATISTICS of the OVS kernel datapath; null when not "
+       "collected", nullable=True)
+
     thread = _object({
         "tid": integer("thread ID"),
         "name": text("thread name (comm)"),
@@ -3435,7 +3545,16 @@ def _json_schema():
             "stop_trigger": text("--stop-trigger", nullable=True),
             "trigger_delta_ns": integer("--trigger-delta"),
             "histogram": {"type": "boolean",
-                          "description": "--histogram"}}),
+                          "description": "--histogram"},
+            "syscall_events_ns": integer("--syscall-events DURATION_NS; "
+                                         "null without it", nullable=True),
+            "skip_syscall_poll_events": {
+                "type": "boolean",
+                "description": "--skip-syscall-poll-events"},
+            "stack_trace_size": integer("--stack-trace-size")}),
+        "notes": {"type": "array", "items": {"type": "string"},
+                  "description": "notes about the run, such as why upcall "
+                                 "statistics are skipped"},
     }
     losses = {"type": "object",
               "additionalProperties": {"type": "integer", "minimum": 0},
@@ -3475,8 +3594,13 @@ def _json_schema():
                                    "blocked or on a CPU for the whole "
                                    "window"},
                 verdict=verdict,
+                syscall_events=syscall_events,
+                upcalls=upcalls,
                 losses=dict(losses, description="loss counters that grew "
-                                                "during this window")),
+                                                "during this window"),
+                warnings={"type": "array", "items": {"type": "string"},
+                          "description": "warnings for the losses of this "
+                                         "window, one sentence each"}),
             doc("skipped", "a window shorter than --trigger-delta",
                 window=window),
             doc("end", "the end of the run",
@@ -4409,7 +4533,7 @@ class Sampler:
                 window.dumped))
             self.skipped += 1
             self.report(doc=skipped_document(window, self.header,
-                                             self.options()))
+                                             self.options(), self.notes))
             return None
         threads = self.probes.collect(ended)
         quiet = self.probes.quiet_threads(threads, self.syscall_names)
@@ -4437,7 +4561,7 @@ class Sampler:
             self.report(doc=sample_document(sample, self.header,
                                             self.options(),
                                             self.syscall_names,
-                                            self.poll_nrs))
+                                            self.poll_nrs, self.notes))
         else:
             lines = [timestamp_line(title, window.dumped)] + format_report(
                 threads, self.syscall_names, self.poll_nrs, quiet, budgets,
@@ -4485,7 +4609,7 @@ class Sampler:
             if self.json:
                 self.report(doc=end_document(
                     self.header, self.options(), counters, self.samples,
-                    self.skipped, end))
+                    self.skipped, end, self.notes))
             else:
                 self.say(format_warnings(counters, self.args.sample_count))
 

@@ -38,7 +38,7 @@ def number(text):
 def cpu_counts(text):
     """{cpu: count} from "0: 8,937, 2: 9,009"."""
     return {int(cpu): number(count) for cpu, count in
-            re.findall(r"(\d+): ([\d,]+\d)", text)}
+            re.findall(r"(\d+): (\d+(?:,\d{3})*)", text)}
 
 
 def parse_event(match):

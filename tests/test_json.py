@@ -19,6 +19,7 @@ import pytest
 
 import report
 from conftest import SCRIPT
+from test_events import event_log
 from test_unit import POLL_NRS, QUIET, report_rows
 
 UTC = datetime.timezone.utc
@@ -744,3 +745,92 @@ def test_daemon_version_asks_the_daemon_when_the_binary_fails(kd,
     assert kd.daemon_version(9, "ovs-vswitchd", run) == (
         None, "ovs-vswitchd --version: libunbound.so.8: not found; "
               "ovs-appctl version: no answer within 3 s")
+
+
+# ---- System call events and upcalls ----------------------------------------
+
+class EventProbes(FakeProbes):
+    """FakeProbes with --syscall-events and upcall statistics."""
+
+    upcalls = True
+
+    def collect_events(self, threads):
+        return event_log(self.kd)
+
+    def collect_upcalls(self):
+        return self.kd.collect_upcalls([(0, 0, 3), (1, 0, 5), (1, -11, 2),
+                                        (0, -105, 4), (1, -105, 1)])
+
+
+def event_as_report(event):
+    """A JSON system call event as tests/report.py parses the text."""
+    frames = []
+    for kind in ("kernel", "user"):
+        frames += event[kind + "_stack"] or [
+            "[{} stack lost: {}]".format(kind, event[kind + "_stack_lost"])]
+    return {"entry": event["entry_ns"], "exit": event["exit_ns"],
+            "tid": event["tid"], "comm": event["name"][:16],
+            "delta_us": event["duration_ns"] // 1000,
+            "syscall": event["syscall"] or "<unknown:{}>".format(
+                event["nr"]),
+            "frames": frames}
+
+
+def test_events_and_upcalls_match_the_text(kd):
+    argv = ["-s", "--sample-count", "2"]
+    args = dict(kd=kd, rows=report_rows(kd),
+                names={2001: "handler12", 1002: "revalidator7"},
+                counters={kd.Counter.STACK_LOST: 2})
+    text, _ = run_sampler(kd, argv, EventProbes(**args))
+    out, progress = run_sampler(kd, argv + ["--format", "json"],
+                                EventProbes(**args))
+    docs = documents(out)
+    for doc in docs:
+        validate(kd, doc)
+    windows = report.parse(text)
+    assert len(windows) == 2
+    for window, doc in zip(windows, docs):
+        events = doc["syscall_events"]
+        assert events["stacks"] is True
+        assert [event_as_report(e) for e in events["events"]] == \
+            window.events
+        assert events["more"] == window.more_events == 0
+        upcalls = doc["upcalls"]
+        parsed = {"total": (upcalls["total"], {
+            c["cpu"]: c["count"] for c in upcalls["total_per_cpu"]})}
+        for key in ("successful", "failed"):
+            parsed[key] = (upcalls[key], {c["cpu"]: c["count"]
+                                          for c in upcalls[key + "_per_cpu"]})
+        for error in upcalls["errors"]:
+            parsed["  {} ({})".format(error["name"], error["errno"])] = (
+                error["count"], {c["cpu"]: c["count"]
+                                 for c in error["per_cpu"]})
+        assert {label.strip(): value for label, value in parsed.items()} == \
+            {label.strip(): value for label, value in window.upcalls.items()}
+        assert upcalls["errors"][0] == {
+            "errno": 105, "name": "ENOBUFS", "count": 5,
+            "per_cpu": [{"cpu": 0, "count": 4}, {"cpu": 1, "count": 1}]}
+    # The lost stacks: an errno name, no frames.
+    event = docs[0]["syscall_events"]["events"][1]
+    assert (event["kernel_stack"], event["kernel_stack_lost"]) == \
+        (None, "EEXIST")
+    assert docs[0]["options"]["syscall_events_ns"] == 0
+
+
+def test_notes_in_every_document(kd):
+    probes = FakeProbes(kd, report_rows(kd))
+    args = kd.parse_args(["-p", str(os.getpid()), "--sample-time", "0.001",
+                          "--format", "json"])
+    out, progress = io.StringIO(), io.StringIO()
+    sampler = kd.Sampler(probes, args, out, SYSCALL_NAMES, POLL_NRS,
+                         clock=Clock(), header=header(kd), progress=progress,
+                         wall=wall)
+    sampler.notes.append("# Upcall statistics skipped: a reason.")
+    sampler.run()
+    docs = documents(out.getvalue())
+    assert [doc["notes"] for doc in docs] == \
+        [["Upcall statistics skipped: a reason."]] * 2
+    assert docs[0]["syscall_events"] is None and docs[0]["upcalls"] is None
+    # People read the note on standard error.
+    assert progress.getvalue().startswith(
+        "# Upcall statistics skipped: a reason.\n")

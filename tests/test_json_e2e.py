@@ -241,6 +241,31 @@ def test_json_verdict_names_cpu_contention(workload_bin):  # noqa: F811
     assert sorted(ranked) == ["kd-spin1", "kd-spin2"]
 
 
+def test_json_syscall_events(workload_bin):  # noqa: F811
+    """-s: every 20 ms sleep of kd-sleep is an event, with its stacks."""
+    with workload_ctl.Workload(workload_bin) as load:
+        tids = load.tids()
+        code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                    "0.5", "-s", "15000000"])
+    assert code == 0, err
+    sample = docs[0]
+    events = sample["syscall_events"]
+    assert events["stacks"] is True and events["more"] == 0
+    assert all(event["duration_ns"] > 15 * MSEC for event in events["events"])
+    sleeps = [event for event in events["events"]
+              if event["tid"] == tids["kd-sleep"]]
+    assert len(sleeps) == \
+        calls(threads_of(sample)["kd-sleep"])["clock_nanosleep"]["count"]
+    assert all(event["syscall"] == "clock_nanosleep" and
+               event["name"] == "kd-sleep" for event in sleeps)
+    assert any(event["user_stack"] and event["kernel_stack"]
+               for event in sleeps)
+    window = sample["window"]
+    assert all(window["start_ns"] <= event["entry_ns"] < event["exit_ns"] <=
+               window["end_ns"] for event in events["events"])
+    assert sample["options"]["syscall_events_ns"] == 15000000
+
+
 def test_text_header(workload_bin):  # noqa: F811
     with workload_ctl.Workload(workload_bin) as load:
         code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
@@ -416,6 +441,15 @@ def test_ovs_header_and_version(ovs):  # noqa: F811
     # The main thread may sleep in poll() through a short window.
     assert window.threads.get("ovs-vswitchd", {}).get("tid") == ovs or \
         "ovs-vswitchd ({}, in poll)".format(ovs) in window.quiet
+
+    # A userspace datapath: no upcall statistics, and the note says why.
+    code, docs, err = run_json(["--sample-time", "0.3"])
+    assert code == 0, err
+    assert docs[0]["target"]["pid"] == ovs
+    assert docs[0]["upcalls"] is None
+    assert [note for note in docs[0]["notes"]
+            if note.startswith("Upcall statistics skipped: ")]
+    assert "# Upcall statistics skipped: " in err
 
     code, docs, err = run_json(["--process", "ovsdb-server",
                                 "--sample-time", "0.3"])
