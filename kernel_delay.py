@@ -827,15 +827,36 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 /* Only for the target's calls that completed inside the window and took
  * long enough: the stack walks are the expensive part. */
 #if SYSCALL_EVENTS
+/* A window shows its first MAX_SHOWN_EVENTS events only: past that many
+ * sent from one CPU, an event is counted here, without a stack walk or a
+ * ring buffer record.  Per CPU, zeroed by user space for each window:
+ * [0] events sent, [1] events only counted. */
+#define MAX_SHOWN_EVENTS @MAX_SHOWN_EVENTS@
+BPF_PERCPU_ARRAY(event_quota, u64, 2);
+
 static __always_inline void kd_syscall_event(
     struct bpf_raw_tracepoint_args *ctx, u32 tid, u32 nr, u64 entry, u64 now)
 {
+    u32 sent_key = 0;
+    u64 *sent = event_quota.lookup(&sent_key);
+
+    if (sent && *sent >= MAX_SHOWN_EVENTS) {
+        u32 unsent_key = 1;
+        u64 *unsent = event_quota.lookup(&unsent_key);
+
+        if (unsent)
+            (*unsent)++;
+        return;
+    }
+
     struct event_t *event = events.ringbuf_reserve(sizeof(*event));
 
     if (!event) {
         kd_bump(COUNTER_RINGBUF_FULL);
         return;
     }
+    if (sent)
+        (*sent)++;
     event->ts = now;
     event->tid = tid;
     event->type = EVENT_SYSCALL;
@@ -1516,8 +1537,8 @@ class SyscallEvent:
 class EventLog:
     """The --syscall-events of one window, with their stacks symbolized."""
     events: List[SyscallEvent] = field(default_factory=list)
-    more: int = 0               # events received after the first
-    #                             MAX_SHOWN_EVENTS, counted only
+    more: int = 0               # events after the first MAX_SHOWN_EVENTS,
+    #                             counted only (in the kernel or here)
     stacks: bool = False        # stacks were recorded
     kernel_stacks: Dict[int, List[str]] = field(default_factory=dict)
     user_stacks: Dict[int, List[str]] = field(default_factory=dict)
@@ -1962,6 +1983,7 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "TRIGGER_FUNCTIONS": "".join(TRIGGER_FUNCTION.format(role=role)
                                      for role in triggers),
         "SYSCALL_EVENTS": int(event_min_ns is not None),
+        "MAX_SHOWN_EVENTS": MAX_SHOWN_EVENTS,
         "MIN_EVENT_NS": int(event_min_ns or 0),
         "SKIP_POLL_EVENTS": int(bool(skip_poll_events)),
         "STACK_TRACES": int(event_min_ns is not None and stack_size > 0),
@@ -4238,13 +4260,22 @@ class Probes:
         # was skipped, say) must not count in the next.
         self.bpf.ring_buffer_consume()
         self.syscall_events, self.more_events = [], 0
+        try:
+            quota = self.bpf["event_quota"]     # with --syscall-events
+        except KeyError:
+            quota = None
+        if quota is not None:
+            quota.zero()
 
     def collect_events(self, threads):
         """The window's system call events (drained from the ring buffer)
         as an EventLog, stacks symbolized; threads gives the names."""
         self.bpf.ring_buffer_consume()
-        log = EventLog(events=self.syscall_events, more=self.more_events,
-                       stacks=self.stacks)
+        quota = self.bpf["event_quota"]
+        # Each CPU sends MAX_SHOWN_EVENTS at most and counts the rest.
+        unsent = int(quota.sum(quota.Key(1)).value)
+        log = EventLog(events=self.syscall_events,
+                       more=self.more_events + unsent, stacks=self.stacks)
         self.syscall_events, self.more_events = [], 0
         for event in log.events:
             if event.tid not in log.names:

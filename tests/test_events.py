@@ -445,13 +445,32 @@ class FakeStackTable:
         pass
 
 
+class FakeQuota:
+    """event_quota: per-CPU [sent, counted only] of the kernel side."""
+
+    def __init__(self, per_cpu):
+        self.per_cpu = per_cpu
+
+    def Key(self, index):
+        return index
+
+    def sum(self, index):
+        return types.SimpleNamespace(value=sum(cpu[index]
+                                               for cpu in self.per_cpu))
+
+    def zero(self):
+        self.per_cpu = [[0, 0] for _ in self.per_cpu]
+
+
 class FakeEventBpf:
     """Just what Probes.collect_events() uses."""
 
-    def __init__(self, stacks):
+    def __init__(self, stacks, unsent=(0, 0)):
         self.tables = {"stack_traces": FakeStackTable(stacks),
                        "events": types.SimpleNamespace(
-                           event=None, open_ring_buffer=lambda fn: None)}
+                           event=None, open_ring_buffer=lambda fn: None),
+                       "event_quota": FakeQuota([[10, count]
+                                                 for count in unsent])}
         self.resolved = []
 
     def __getitem__(self, name):
@@ -493,6 +512,14 @@ def test_collect_events_symbolizes_each_stack_once(kd):
                                            ("u", 0xdead, 99)])
     # Taken: the next window starts empty.
     assert probes.syscall_events == [] and probes.more_events == 0
+
+
+def test_collect_events_adds_what_the_kernel_only_counted(kd):
+    # Past MAX_SHOWN_EVENTS sent from a CPU, events are only counted there.
+    bpf = FakeEventBpf({}, unsent=(5, 7))
+    probes = kd.Probes(bpf, 99)
+    probes.more_events = 4
+    assert probes.collect_events({}).more == 4 + 5 + 7
 
 
 def test_on_event_keeps_a_bounded_number(kd, monkeypatch):

@@ -188,6 +188,25 @@ def test_tiny_ring_buffer_drops_are_counted_and_statistics_stay_right(
                    for line in capture.out.splitlines())
 
 
+def test_events_past_the_shown_ones_are_counted_exactly(
+        workload_bin, kd):
+    """Far more events than a window shows, at the default ring buffer
+    size: the first MAX_SHOWN_EVENTS are listed, every other completed
+    call is counted (in the kernel, without a record), none is dropped."""
+    calls = 4 * kd.MAX_SHOWN_EVENTS + 7
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "1", "-s"],
+                          (lambda load: burst(load, calls),))
+    window = capture.windows[0]
+    assert capture.code == 0, capture.err
+    assert capture.thread("kd-burst")["SYSCALL"]["getsid"]["count"] == calls
+    assert len(window.events) == kd.MAX_SHOWN_EVENTS
+    completed = sum(call["count"] for thread in window.threads.values()
+                    for call in thread["SYSCALL"].values())
+    assert len(window.events) + window.more_events == completed
+    assert dropped(capture.out) == []
+
+
 def test_several_windows_report_their_own_drops(workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         def burst_each_window(proc):
