@@ -13,13 +13,13 @@ VNG_VERSION = 1.42
 VNG_VENV = $(BUILD)/vng
 
 # python3-jsonschema: the tests validate --format json against its schema;
-# the tool does not need it.
-DEB_PACKAGES = python3-bpfcc bpfcc-tools python3-psutil \
-	python3-pytest python3-jsonschema flake8 gcc libc6-dev linux-libc-dev \
-	systemtap-sdt-dev openvswitch-switch util-linux
-RPM_PACKAGES = python3-bcc bcc-tools python3-psutil \
-	python3-pytest python3-jsonschema python3-flake8 gcc glibc-devel \
-	kernel-headers systemtap-sdt-devel openvswitch util-linux
+# python3-hypothesis: they fuzz the command line.  The tool needs neither.
+DEB_PACKAGES = python3-bpfcc bpfcc-tools \
+	python3-pytest python3-jsonschema python3-hypothesis flake8 gcc \
+	libc6-dev linux-libc-dev systemtap-sdt-dev openvswitch-switch util-linux
+RPM_PACKAGES = python3-bcc bcc-tools \
+	python3-pytest python3-jsonschema python3-hypothesis python3-flake8 \
+	gcc glibc-devel kernel-headers systemtap-sdt-devel openvswitch util-linux
 # The second kernel of check-vm, its headers, and what virtme-ng needs.
 VM_DEB_PACKAGES = qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static python3-venv make
@@ -61,7 +61,7 @@ install-missing:
 	    if [ -n "$$missing" ]; then dnf install -y $$missing; fi; \
 	else \
 	    echo "ERROR: no apt-get or dnf; install by hand: bcc (python)," \
-	         "psutil, pytest, jsonschema, flake8, gcc, sys/sdt.h," \
+	         "pytest, jsonschema, hypothesis, flake8, gcc, sys/sdt.h," \
 	         "openvswitch" >&2; \
 	    exit 1; \
 	fi

@@ -26,11 +26,12 @@ The eBPF program takes no kernel struct layout from headers: it uses
 tracepoint fields, and the three task_struct fields it needs (pid, tgid and
 the scheduler state) at offsets read from the running kernel's BTF.
 
-Dependencies: bcc (Debian python3-bpfcc, Fedora/RHEL python3-bcc), psutil.
+Dependencies: bcc (Debian python3-bpfcc, Fedora/RHEL python3-bcc).
 Documentation: kernel_delay.rst next to this file.
 """
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import enum
@@ -57,11 +58,11 @@ try:
     import bcc
 except ImportError:
     bcc = None
-
-try:
-    import psutil
-except ImportError:
-    psutil = None
+except KeyboardInterrupt:
+    # Ctrl-C while Python loads bcc (before main() handles signals).
+    if __name__ != "__main__":
+        raise
+    sys.exit(128 + signal.SIGINT)
 
 
 # ---- Exit codes (documented in kernel_delay.rst) ---------------------------
@@ -71,20 +72,36 @@ EXIT_CODES = {
     2: "invalid command line (argparse)",
     os.EX_USAGE: "ambiguous target: several ovs-vswitchd, or a thread ID",
     os.EX_NOINPUT: "the target process does not exist",
+    os.EX_TEMPFAIL: "the target exited or restarted during the run",
     os.EX_UNAVAILABLE: "the kernel or the environment lacks something the "
                        "tool needs",
     os.EX_SOFTWARE: "the eBPF program did not compile or load",
-    os.EX_OSFILE: "a Python dependency (bcc, psutil) is missing",
+    os.EX_OSFILE: "the Python module bcc is missing",
     os.EX_OSERR: "attaching a probe failed",
     os.EX_IOERR: "the report could not be written",
     os.EX_NOPERM: "not running as root",
     os.EX_CONFIG: "a trigger names a probe, symbol or library that "
                   "does not exist",
+    128 + signal.SIGINT: "a second Ctrl-C cut a report short",
+    128 + signal.SIGTERM: "a second SIGTERM cut a report short",
 }
 
 
 class TargetExited(Exception):
-    """The monitored process went away."""
+    """The monitored process went away (noticed at when, a datetime)."""
+
+    def __init__(self, when=None):
+        super().__init__(when)
+        self.when = when
+
+
+class Abort(BaseException):
+    """A second SIGINT or SIGTERM while a report is being written: stop
+    writing at once."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class OutputError(Exception):
@@ -1031,12 +1048,15 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     return 0;
 }
 
-/* Keep the names of threads that exit inside the window. */
+/* Keep the names of threads that exit inside the window, or while it is
+ * being reported (before user space reads /proc). */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 state = kd_capture_state();
 
-    if (!kd_is_target(pid_tgid) || !kd_capturing())
+    if (!kd_is_target(pid_tgid) ||
+        (state != CAPTURE_RUNNING && state != CAPTURE_HOLD))
         return 0;
 
     u32 tid = pid_tgid;
@@ -2637,6 +2657,30 @@ def add_open_periods(threads, starts, end):
     return threads
 
 
+@dataclass(frozen=True)
+class Target:
+    """The monitored process, as identified when the run starts."""
+    pid: int
+    name: str = "?"
+    exe: Optional[str] = None
+    start_time: Optional[int] = None    # clock ticks after boot
+
+
+def target_gone_error(target, successors):
+    """The error line for a target that exited during the run; successors
+    lists PIDs now running the same program under the same name."""
+    text = "process {} ({}) exited during the run; the windows above are " \
+        "all that was captured".format(target.pid, target.name)
+    if len(successors) == 1:
+        return text + "; it was restarted as process {}: run the tool " \
+            "again with -p {}".format(successors[0], successors[0])
+    if successors:
+        return text + "; processes {} now run the same program: run the " \
+            "tool again and choose one with --pid".format(
+                ", ".join(map(str, sorted(successors))))
+    return text + "; run the tool again once it is back"
+
+
 # ---- Pure functions: time budget and verdict --------------------------------
 
 STOP_SIGNALS = {19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU"}
@@ -3874,20 +3918,140 @@ def kprobes_supported(tracefs):
             os.path.exists(os.path.join(tracefs or "", "kprobe_events")))
 
 
-def process_alive(pid):
-    """False once process pid has exited, also while it is a zombie."""
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_RINGBUF = 27       # Linux 5.8
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+
+
+def bpf_syscall(cmd, attr):
+    """bpf(cmd, attr, len(attr)) through the C library: (result, errno)."""
+    number = SYS_BPF.get(platform.machine())
+    if number is None:
+        return -1, errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(cmd), buf,
+                          ctypes.c_uint(len(attr)))
+    return result, ctypes.get_errno() if result < 0 else 0
+
+
+def ringbuf_supported(syscall=bpf_syscall):
+    """Whether the kernel has BPF ring buffers, found by creating (and
+    closing) a one-page one: True, False (an unknown map type: EINVAL), or
+    None when the attempt failed for another reason (EPERM in a container
+    without CAP_BPF), which loading the program will report."""
+    # union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
+    # max_entries (bytes, a power-of-two number of pages); the rest zero.
+    attr = struct.pack("<IIII", BPF_MAP_TYPE_RINGBUF, 0, 0,
+                       os.sysconf("SC_PAGE_SIZE")) + bytes(112)
+    fd, err = syscall(BPF_MAP_CREATE, attr)
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return False if err == errno.EINVAL else None
+
+
+def check_ringbuf(supported=None):
+    """Fail before compiling on a kernel without BPF ring buffers."""
+    if supported is None:
+        supported = ringbuf_supported()
+    if supported is False:
+        raise Fatal("the running kernel ({}) has no BPF ring buffers; run "
+                    "the tool on Linux 5.8 or newer, or RHEL 8.4 or newer"
+                    .format(platform.release()), os.EX_UNAVAILABLE)
+
+
+def write_out(out, text):
+    """Write all of text to out, or raise OutputError.  A real file gets
+    the bytes through os.write(): Python's buffered writer drops the rest
+    of its data when a signal handler runs while it waits on a full
+    pipe."""
     try:
-        with open("/proc/{}/stat".format(pid)) as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            out.write(text)
+            out.flush()
+            return
+        out.flush()
+        data = memoryview(text.encode(getattr(out, "encoding", None) or
+                                      "utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as err:
+        raise OutputError(err)
+
+
+def proc_stat(pid):
+    """(state letter, start time in clock ticks after boot) of process
+    pid from /proc/PID/stat, or None when there is no such process."""
+    try:
+        with open("/proc/{}/stat".format(pid), "rb") as stat:
+            # The name in parentheses may hold spaces and ')'.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode("ascii", "replace"), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid, start_time=None):
+    """False once process pid has exited, also while it is a zombie, and
+    when start_time is given, once the PID belongs to another process."""
+    stat = proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
         return False
-    return state not in ("Z", "X")
+    return start_time is None or stat[1] == start_time
+
+
+def read_name(path):
+    """A comm file (process or thread name) as printable text, or None."""
+    try:
+        with open(path, "rb") as comm:
+            return printable(comm.read().rstrip(b"\n"))
+    except OSError:
+        return None
 
 
 def thread_name(pid, tid):
-    """The name of thread tid, made printable (any bytes can be in it)."""
-    name = read_text("/proc/{}/task/{}/comm".format(pid, tid))
-    return None if name is None else printable(name.rstrip("\n"))
+    return read_name("/proc/{}/task/{}/comm".format(pid, tid))
+
+
+def process_name(pid):
+    """The name of process pid as ps -e shows it: its comm, which the
+    kernel cuts at 15 bytes, completed from the command line as psutil
+    does."""
+    name = read_name("/proc/{}/comm".format(pid))
+    if name is not None and len(name) >= 15:
+        try:
+            with open("/proc/{}/cmdline".format(pid), "rb") as cmdline:
+                first = printable(os.path.basename(
+                    cmdline.read().split(b"\0", 1)[0]))
+        except OSError:
+            first = ""
+        if first.startswith(name):
+            name = first
+    return name
+
+
+def process_exe(pid):
+    """The executable of process pid, or None (kernel threads)."""
+    try:
+        path = os.readlink("/proc/{}/exe".format(pid))
+    except OSError:
+        return None
+    # Replaced by a package upgrade since it started.
+    return path[:-len(" (deleted)")] if path.endswith(" (deleted)") else path
+
+
+def list_processes():
+    """(pid, name) of every process (read from /proc: no psutil)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            name = process_name(int(entry))
+            if name is not None:
+                found.append((int(entry), name))
+    return found
 
 
 def thread_whereabouts(pid, tid, syscall_names):
@@ -4115,11 +4279,11 @@ def plain(value):
     if hasattr(value, "_fields_"):
         return tuple(plain(getattr(value, name)) for name, _ in value._fields_)
     if isinstance(value, bytes):
-        return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return printable(value.split(b"\0", 1)[0])
     if hasattr(value, "value"):
         return value.value
     if hasattr(value, "_length_"):      # char array
-        return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+        return printable(bytes(value).split(b"\0", 1)[0])
     return value
 
 
@@ -4429,6 +4593,63 @@ class Probes:
 
 # ---- Sampling ---------------------------------------------------------------
 
+class Interrupts:
+    """What SIGINT (Ctrl-C) and SIGTERM do; handler() is the handler.
+
+    The first signal ends the run: at once (KeyboardInterrupt) while
+    setting up, waiting or capturing, but only after the current step
+    inside a shield() (loading and attaching the program, which must not
+    be cut in two) or a writing() section (a report: it is what the user
+    waits for).  A second signal while a report is being written cuts it
+    short (Abort).  Other signals after the first are ignored: the run is
+    already ending.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.delivered = False      # KeyboardInterrupt raised
+        self.aborted = False
+        self.shielded = 0
+        self.writers = 0
+
+    def handler(self, signum, _frame):
+        self.count += 1
+        if self.aborted:
+            return
+        if self.writers:
+            if self.count > 1:
+                self.aborted = True
+                raise Abort(signum)
+        elif not self.shielded and not self.delivered:
+            self.delivered = True
+            raise KeyboardInterrupt
+
+    def pending(self):
+        """Deliver a signal that came during a shield or a report."""
+        if self.count and not self.delivered and not self.shielded and \
+                not self.writers:
+            self.delivered = True
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shield(self):
+        self.shielded += 1
+        try:
+            yield
+        finally:
+            self.shielded -= 1
+        self.pending()
+
+    @contextlib.contextmanager
+    def writing(self):
+        self.writers += 1
+        try:
+            yield
+        finally:
+            self.writers -= 1
+        self.pending()
+
+
 class Sampler:
     """Runs the sample windows and writes their reports.
 
@@ -4439,7 +4660,7 @@ class Sampler:
 
     def __init__(self, probes, args, out, syscall_names, poll_nrs,
                  clock=time.monotonic_ns, header=None, progress=None,
-                 wall=None):
+                 wall=None, interrupts=None):
         self.probes = probes
         self.args = args
         self.out = out
@@ -4450,17 +4671,17 @@ class Sampler:
         self.wall = wall or (lambda: datetime.datetime.now().astimezone())
         self.header = header
         self.json = getattr(args, "format", "text") == "json"
+        self.interrupts = interrupts or Interrupts()
+        self.target = getattr(args, "target", None) or Target(args.pid)
         self.pending = []       # ring buffer events not yet consumed
         self.samples = self.skipped = 0
         self.notes = []         # lines to print before the first window
 
-    @staticmethod
-    def write(stream, lines):
-        try:
-            stream.write("".join(line + "\n" for line in lines))
-            stream.flush()
-        except OSError as err:
-            raise OutputError(err)
+    def write(self, stream, lines):
+        if self.interrupts.aborted:
+            return
+        with self.interrupts.writing():
+            write_out(stream, "".join(line + "\n" for line in lines))
 
     def say(self, lines):
         """Progress lines (the report's own lines with a text report)."""
@@ -4477,6 +4698,22 @@ class Sampler:
 
     def options(self):
         return options_json(self.args)
+
+    def check_target(self):
+        """Raise TargetExited once the target is gone (or its PID is
+        another process's)."""
+        if not process_alive(self.target.pid, self.target.start_time):
+            raise TargetExited(self.wall())
+
+    def pause(self, seconds):
+        """Sleep between windows, watching the target."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check_target()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the
@@ -4497,8 +4734,7 @@ class Sampler:
             if event_type == Event.STOP_TRIGGER and stopped and \
                     state == Capture.HOLD:
                 return stopped
-            if not process_alive(self.args.pid):
-                raise TargetExited
+            self.check_target()
             timeout = 100
             if deadline is not None:
                 left = (deadline - self.clock()) / 1e6
@@ -4511,6 +4747,7 @@ class Sampler:
         """Capture one window; returns it, or None when it was skipped."""
         args = self.args
         window = Window()
+        self.check_target()
         self.probes.reset()
         self.probes.poll(0)     # drop events of earlier windows
         self.pending = []
@@ -4518,20 +4755,22 @@ class Sampler:
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
             window.start_ts = self.wait_for(Event.START_TRIGGER)
-            window.opened = self.wall()
-            self.say(timestamp_line("# Start sampling (trigger@{})".format(
-                window.start_ts), window.opened))
             started = window.start_ts
         else:
             # Open the window before saying so: whoever reads the line
             # may act on it at once.
             started = self.clock()
             self.probes.open_window(started)
-            window.opened = self.wall()
-            self.say(timestamp_line("# Start sampling", window.opened))
+        window.opened = self.wall()
         window.open_ns = started
         interrupted = False
         try:
+            if args.start_trigger:
+                self.say(timestamp_line("# Start sampling (trigger@{})"
+                                        .format(window.start_ts),
+                                        window.opened))
+            else:
+                self.say(timestamp_line("# Start sampling", window.opened))
             if args.stop_trigger:
                 window.stop_ts = self.wait_for(Event.STOP_TRIGGER)
             else:
@@ -4541,6 +4780,17 @@ class Sampler:
             interrupted = err
         finally:
             self.probes.set_state(Capture.HOLD)
+        # A signal from here on lets the report finish (see Interrupts).
+        with self.interrupts.writing():
+            if not self.report_window(window, losses, interrupted):
+                return None
+        if interrupted:
+            raise interrupted
+        return window
+
+    def report_window(self, window, losses, interrupted):
+        """Write the report of a closed window; False if it was skipped."""
+        args = self.args
         ended = window.stop_ts or self.clock()
         window.close_ns = ended
         window.closed = self.wall()
@@ -4565,13 +4815,14 @@ class Sampler:
             self.skipped += 1
             self.report(doc=skipped_document(window, self.header,
                                              self.options(), self.notes))
-            return None
+            return False
         threads = self.probes.collect(ended)
         quiet = self.probes.quiet_threads(threads, self.syscall_names)
         current, states = self.probes.whereabouts(
             list(threads) + [tid for tid, _, _ in quiet])
         budgets, verdict = analyse_window(
-            threads, quiet, started, ended, self.syscall_names, current,
+            threads, quiet, window.open_ns, ended, self.syscall_names,
+            current,
             states, self.probes.stop_signals(), thresholds_of(args))
         window.dumped = self.wall()
         if delta is not None:
@@ -4608,9 +4859,7 @@ class Sampler:
                 lines += format_warnings(sample.losses, args.sample_count,
                                          window=True)
             self.say(lines)
-        if interrupted:
-            raise interrupted
-        return window
+        return True
 
     def run(self):
         if self.header is not None:
@@ -4630,19 +4879,26 @@ class Sampler:
                 if done < self.args.sample_count and \
                         self.args.sample_interval:
                     self.probes.set_state(Capture.PAUSED)
-                    time.sleep(self.args.sample_interval)
+                    self.pause(self.args.sample_interval)
             end = "completed"
         except TargetExited:
             end = "process exited"
             raise
         finally:
-            counters = self.probes.counters()
-            if self.json:
-                self.report(doc=end_document(
-                    self.header, self.options(), counters, self.samples,
-                    self.skipped, end, self.notes))
-            else:
-                self.say(format_warnings(counters, self.args.sample_count))
+            if not self.interrupts.aborted:
+                with self.interrupts.writing():
+                    self.finish(end)
+
+    def finish(self, end):
+        """The end of the run: loss warnings (text), or the end document
+        (JSON)."""
+        counters = self.probes.counters()
+        if self.json:
+            self.report(doc=end_document(
+                self.header, self.options(), counters, self.samples,
+                self.skipped, end, self.notes))
+        else:
+            self.say(format_warnings(counters, self.args.sample_count))
 
 
 # ---- Setup: environment checks, compile, attach -----------------------------
@@ -4661,27 +4917,42 @@ def in_child_pid_namespace():
 
 
 def find_target_pid(name):
-    if psutil is None:
-        raise Fatal("the Python module psutil is missing; install "
-                    "python3-psutil", os.EX_OSFILE)
-    candidates = []
-    for proc in psutil.process_iter(["name"]):
-        candidates.append((proc.pid, proc.info["name"]))
-    return pick_target(candidates, name)
+    return pick_target(list_processes(), name)
 
 
 def check_pid(pid):
     """Fail unless pid is a running process (not one of its threads)."""
     try:
         with open("/proc/{}/status".format(pid)) as status:
-            tgid = int(re.search(r"^Tgid:\s*(\d+)", status.read(),
-                                 re.M).group(1))
+            text = status.read()
+        tgid = int(re.search(r"^Tgid:\s*(\d+)", text, re.M).group(1))
+        state = re.search(r"^State:\s*(\S)", text, re.M).group(1)
     except (OSError, AttributeError):
         raise Fatal("process {} does not exist; check the --pid value"
                     .format(pid), os.EX_NOINPUT)
     if tgid != pid:
         raise Fatal("{} is a thread of process {}; use -p {}".format(
             pid, tgid, tgid), os.EX_USAGE)
+    if state in ("Z", "X"):
+        raise Fatal("process {} has exited (a zombie its parent has not "
+                    "reaped); check the --pid value".format(pid),
+                    os.EX_NOINPUT)
+
+
+def identify_target(pid):
+    """The Target of a checked pid, to tell later whether it is still the
+    same process."""
+    stat = proc_stat(pid)
+    return Target(pid=pid, name=process_name(pid) or "?",
+                  exe=process_exe(pid), start_time=stat and stat[1])
+
+
+def successors(target):
+    """PIDs of processes that run the same program under the same name as
+    target, which has exited: a restarted daemon."""
+    return [pid for pid, name in list_processes()
+            if pid != target.pid and name == target.name and
+            process_exe(pid) == target.exe]
 
 
 def verify_usdt(pid, trigger):
@@ -4805,11 +5076,12 @@ def usdt_contexts(triggers, verified):
 class Session:
     """Owns everything a run sets up, and undoes it on close()."""
 
-    def __init__(self):
+    def __init__(self, interrupts=None):
         self.tree = None
         self.mounted = None
         self.bpf = None
         self.upcall_note = None     # why the upcall probe did not attach
+        self.interrupts = interrupts or Interrupts()
 
     def close(self):
         # A second Ctrl-C must not cut the teardown short.
@@ -4819,9 +5091,7 @@ class Session:
             if self.bpf is not None:
                 self.bpf.cleanup()
                 self.bpf = None
-            if self.tree:
-                shutil.rmtree(self.tree, ignore_errors=True)
-                self.tree = None
+            self.remove_tree()
             if self.mounted:
                 quiet_run(["umount", self.mounted])
                 self.mounted = None
@@ -4830,7 +5100,20 @@ class Session:
                 signal.signal(sig, handler)
 
     def open(self, args, source, triggers):
-        """Compile, load and attach; returns a Probes."""
+        """Compile, load and attach; returns a Probes.  A signal meanwhile
+        takes effect when this is done, so that whatever was set up has
+        an owner that close() sees."""
+        with self.interrupts.shield():
+            return self._open(args, source, triggers)
+
+    def remove_tree(self):
+        if self.tree:
+            shutil.rmtree(self.tree, ignore_errors=True)
+            if os.environ.get("BCC_KERNEL_SOURCE") == self.tree:
+                del os.environ["BCC_KERNEL_SOURCE"]
+            self.tree = None
+
+    def _open(self, args, source, triggers):
         self.mounted = ensure_tracefs()
         if bcc is not None:
             bcc.TRACEFS = tracefs_path()
@@ -4846,9 +5129,13 @@ class Session:
                 self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
                                    debug=args.debug)
             except Exception as err:
-                failure = str(err).strip().splitlines()[-1]
+                failure = (str(err).strip().splitlines() or
+                           [type(err).__name__])[-1]
             else:
                 failure = None
+        # Only the compiler reads the include tree: remove it now, so
+        # that even SIGKILL later leaves no tree behind.
+        self.remove_tree()
         if failure:
             raise Fatal("loading the eBPF program failed: {}; it needs Linux "
                         "5.8 or RHEL 8.4 (BPF ring buffers); rerun with -D "
@@ -5045,10 +5332,6 @@ def triggers_of(args):
 
 # ---- main -------------------------------------------------------------------
 
-def _raise_interrupt(_signum, _frame):
-    raise KeyboardInterrupt
-
-
 def open_output(path):
     """The --output file, opened for the report."""
     try:
@@ -5075,8 +5358,9 @@ def upcall_keys():
     return possible_cpus() * (max(errno.errorcode) + 2)
 
 
-def run(args, out, command=()):
+def run(args, out, command=(), interrupts=None):
     """Everything after argument parsing; raises Fatal on errors."""
+    interrupts = interrupts or Interrupts()
     if args.json_schema:
         out.write(json.dumps(JSON_SCHEMA, indent=2) + "\n")
         return os.EX_OK
@@ -5094,6 +5378,8 @@ def run(args, out, command=()):
             args.process or DEFAULT_PROCESS)
     elif not args.ebpf:
         check_pid(args.pid)
+    if not args.ebpf:
+        args.target = identify_target(args.pid)
 
     table = syscall_table() if bcc is not None else {}
     poll_nrs = poll_syscalls(table)
@@ -5121,21 +5407,23 @@ def run(args, out, command=()):
     if os.geteuid() != 0:
         raise Fatal("root privileges are needed to load eBPF programs; run "
                     "with sudo", os.EX_NOPERM)
+    check_ringbuf()
 
     if args.output:
         out = open_output(args.output)
     progress = sys.stderr if args.format == "json" else out
     header = read_header(command, args.pid)
-    session = Session()
+    session = Session(interrupts)
     try:
         try:
             probes = session.open(args, source, triggers)
         except KeyboardInterrupt:
             # Before the first window (compiling, attaching).
-            Sampler.write(progress, ["# Interrupted"])
+            say_interrupted(progress, interrupts)
             return os.EX_OK
         sampler = Sampler(probes, args, out, table, poll_nrs,
-                          header=header, progress=progress)
+                          header=header, progress=progress,
+                          interrupts=interrupts)
         upcall_note = upcall_note or session.upcall_note
         if upcall_note:
             sampler.notes.append("# Upcall statistics skipped: {}.".format(
@@ -5144,8 +5432,12 @@ def run(args, out, command=()):
             sampler.run()
         except KeyboardInterrupt:
             sampler.say("# Interrupted")
-        except TargetExited:
-            sampler.say("# Process {} has exited".format(args.pid))
+        except TargetExited as gone:
+            target = args.target
+            sampler.say(timestamp_line("# Process {} ({}) exited".format(
+                target.pid, target.name), gone.when))
+            raise Fatal(target_gone_error(target, successors(target)),
+                        os.EX_TEMPFAIL)
     finally:
         session.close()
         if args.output:
@@ -5153,25 +5445,38 @@ def run(args, out, command=()):
     return os.EX_OK
 
 
+def say_interrupted(out, interrupts):
+    """The last line of a run stopped before its first window."""
+    with interrupts.writing():
+        write_out(out, "# Interrupted\n")
+
+
 def main(argv=None, out=None):
+    interrupts = Interrupts()
+    previous = {sig: signal.signal(sig, interrupts.handler)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     command = sys.argv if argv is None else ["kernel_delay.py"] + list(argv)
-    args = parse_args(command[1:])
+    args = None
     out = out or sys.stdout
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return run(args, out, command)
+        try:
+            args = parse_args(command[1:])
+            return run(args, out, command, interrupts)
+        except KeyboardInterrupt:
+            # Before anything was set up.
+            say_interrupted(sys.stderr if args and args.format == "json"
+                            else out, interrupts)
+            return os.EX_OK
     except Fatal as err:
         sys.stderr.write("ERROR: {}\n".format(err))
         return err.code
-    except KeyboardInterrupt:
-        # Before anything was set up.
-        (sys.stderr if args.format == "json" else out).write(
-            "# Interrupted\n")
-        return os.EX_OK
-    except OutputError as err:
-        if not args.output:
+    except (OutputError, Abort) as err:
+        output = args and args.output
+        if not output and out is sys.stdout:
             # Nothing more can go out there, not even Python's last flush.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(err, Abort):
+            return 128 + err.signum     # the shell's code for a signal
         if isinstance(err.args[0], BrokenPipeError):
             return os.EX_OK         # | head: the reader has enough
         sys.stderr.write("ERROR: cannot write the report ({}); check {}\n"
@@ -5180,7 +5485,8 @@ def main(argv=None, out=None):
                                  "where standard output goes"))
         return os.EX_IOERR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def reexec_with_bcc():
@@ -5190,8 +5496,7 @@ def reexec_with_bcc():
     in the system Python, which pyenv, conda or a venv put behind another
     python3 on PATH.
     """
-    if (bcc is not None and psutil is not None) or \
-            os.environ.get("KERNEL_DELAY_REEXEC"):
+    if bcc is not None or os.environ.get("KERNEL_DELAY_REEXEC"):
         return
     # Compare paths, not what they resolve to: a venv's python3 is a
     # symlink to the system one, but does not see its packages.

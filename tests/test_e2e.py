@@ -353,28 +353,6 @@ def test_sigterm_ends_a_window_cleanly_and_reports_it(workload_bin):
     assert leftovers() == []
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.6])
-def test_signals_while_setting_up(workload_bin, delay):
-    """SIGTERM while the tool compiles and attaches, then an impatient
-    second Ctrl-C: a clean end all the same."""
-    with workload_ctl.Workload(workload_bin) as load:
-        proc = subprocess.Popen([SCRIPT, "-p", str(load.pid),
-                                 "--sample-time", "30"],
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE,
-                                universal_newlines=True)
-        RUN_PIDS.append(proc.pid)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert out.rstrip().endswith("# Interrupted")
-    assert err == ""
-    assert leftovers() == []
-
-
 def test_output_errors(workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         head = subprocess.run("{} -p {} --sample-time 0.3 | head -1".format(
@@ -441,24 +419,6 @@ def test_error_no_such_pid():
     code, out, err = run_tool(["-p", "999999999"])
     one_error_line(code, err, os.EX_NOINPUT, "does not exist")
     assert out == ""
-
-
-def test_target_exit_ends_the_run(workload_bin):
-    """The process exits inside a window that waits for a stop trigger:
-    the window is reported and the run ends."""
-    load = workload_ctl.Workload(workload_bin)
-    try:
-        code, out, err = run_tool(
-            ["-p", str(load.pid), "--stop-trigger",
-             "t:syscalls:sys_enter_getsid", "--sample-count", "3"],
-            on_start=lambda proc: load.command("quit"), timeout=30)
-    finally:
-        load.stop()
-    assert code == 0, err
-    assert re.search(r"^# Stop sampling \(process exited\) @", out, re.M)
-    assert out.count("# Sample dump @") == 1
-    assert out.rstrip().endswith("# Process {} has exited".format(load.pid))
-    assert leftovers() == []
 
 
 def test_error_no_such_process_name():

@@ -122,7 +122,7 @@ def test_help_epilog(kd, capsys):
     assert "  ./kernel_delay.py -p 1234 --sample-time 2\n" in out
     table = out.split("\nexit codes:\n", 1)[1].splitlines()
     assert [int(line.split()[0]) for line in table] == \
-        [0, 2, 64, 66, 69, 70, 71, 72, 74, 77, 78]
+        [0, 2, 64, 66, 69, 70, 71, 72, 74, 75, 77, 78, 130, 143]
     assert table[0] == "    0  success"
     assert table[1] == "    2  invalid command line (argparse)"
     assert table[2] == \

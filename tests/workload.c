@@ -39,6 +39,9 @@
  *                 over two pipes in NS ns; both then exit)
  *   crowd N    -> ok crowd N  (N more threads kd-cNNNNN, each making 12
  *                 distinct system calls every 250 ms until the end)
+ *   rename HEX -> ok rename     (kd-main renames itself to the bytes HEX)
+ *   shortname HEX N -> ok shortname N TID (as short, but the thread is
+ *                 named with the bytes HEX)
  *   quit       -> bye, then exit(0); EOF on stdin also exits with 0
  *   other      -> error unknown command
  */
@@ -55,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/sdt.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -247,13 +251,15 @@ static int job_run(struct job *j, long n)
 struct short_job {
 	long n;
 	pid_t tid;
+	char name[16];
 };
 
 static void *short_thread(void *arg)
 {
 	struct short_job *job = arg;
 
-	pthread_setname_np(pthread_self(), "kd-short");
+	/* prctl() takes any bytes, where pthread_setname_np() checks */
+	prctl(PR_SET_NAME, job->name[0] ? job->name : "kd-short");
 	job->tid = (pid_t)syscall(SYS_gettid);
 	for (long i = 0; i < job->n; i++)
 		syscall(SYS_getpgid, 0);
@@ -378,6 +384,26 @@ static long parse_count(const char *s)
 }
 
 static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Decode hex digits into out (at most size - 1 bytes, NUL-terminated);
+ * returns the byte count, or -1 if invalid. */
+static int parse_hex(const char *s, char *out, size_t size)
+{
+	size_t n = 0;
+
+	while (s[0] && s[1] && n + 1 < size) {
+		unsigned int byte;
+
+		if (sscanf(s, "%2x", &byte) != 1)
+			return -1;
+		out[n++] = (char)byte;
+		s += 2;
+	}
+	if (*s)
+		return -1;
+	out[n] = '\0';
+	return (int)n;
+}
 
 static void reply(const char *fmt, ...)
 {
@@ -630,6 +656,33 @@ static void handle(char *line)
 		}
 	} else if (bench_command(line)) {
 		/* answered */
+	} else if (strncmp(line, "rename ", 7) == 0) {
+		char name[16] = "";
+
+		if (parse_hex(line + 7, name, sizeof(name)) < 0) {
+			reply("error bad argument");
+		} else {
+			prctl(PR_SET_NAME, name);
+			reply("ok rename");
+		}
+	} else if (strncmp(line, "shortname ", 10) == 0) {
+		struct short_job job = { .n = -1 };
+		char *space = strchr(line + 10, ' ');
+		pthread_t t;
+
+		if (space) {
+			*space = '\0';
+			job.n = parse_count(space + 1);
+		}
+		if (job.n < 0 ||
+		    parse_hex(line + 10, job.name, sizeof(job.name)) <= 0) {
+			reply("error bad argument");
+		} else if (pthread_create(&t, NULL, short_thread, &job)) {
+			reply("error shortname");
+		} else {
+			pthread_join(t, NULL);
+			reply("ok shortname %ld %d", job.n, (int)job.tid);
+		}
 	} else {
 		reply("error unknown command");
 	}

@@ -1,0 +1,406 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Faults on the real kernel: the target exits or restarts, signals at
+every stage of a run, SIGKILL, and environment errors.  After each, the
+run must leave nothing behind: no BPF program, link or map it held, no
+uprobe or kprobe definition in tracefs, no temporary directory.
+"""
+
+import fcntl
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import bpf_objects
+import report
+import workload_ctl
+from conftest import SCRIPT, TOP, load_script
+from test_e2e import RUN_PIDS, leftovers, run_tool
+
+pytestmark = pytest.mark.privileged
+
+F_SETPIPE_SZ = 1031
+
+
+@pytest.fixture(scope="module")
+def workload_copy(tmp_path_factory):
+    """The workload built under a name of its own: the restart test looks
+    for a process running the same executable."""
+    return workload_ctl.build(str(tmp_path_factory.mktemp("faults")))
+
+
+@pytest.fixture
+def load(workload_copy):
+    with workload_ctl.Workload(workload_copy) as workload:
+        yield workload
+
+
+class Tool:
+    """kernel_delay.py running in the background, read line by line."""
+
+    def __init__(self, args, pipe_size=None):
+        self.proc = subprocess.Popen(
+            [SCRIPT] + list(args), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=TOP)
+        RUN_PIDS.append(self.proc.pid)
+        if pipe_size:
+            fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, pipe_size)
+        self.lines = []
+        self.held = set()
+
+    def read_until(self, prefix, timeout=30):
+        """Read lines until one starts with prefix; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise AssertionError("no line '{}' in:\n{}{}".format(
+                    prefix, "".join(self.lines),
+                    self.proc.stderr.read().decode()))
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError("timeout waiting for " + prefix)
+
+    def note_held(self):
+        """Record the BPF objects the tool holds now."""
+        self.held |= bpf_objects.held_by(self.proc.pid)
+        return self.held
+
+    def finish(self, timeout=30):
+        """(exit code, whole stdout, stderr) once the tool has exited."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return (self.proc.returncode, "".join(self.lines) + out.decode(),
+                err.decode())
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def wait_until(predicate, timeout=30, step=0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def trees_of(pid):
+    return [path for parent in ("/dev/shm", tempfile.gettempdir())
+            for path in glob.glob(os.path.join(
+                parent, "kernel_delay.{}.*".format(pid)))]
+
+
+def compiling(pid):
+    """The tool is compiling: its include tree exists (when the kernel's
+    headers are not installed), or it has mapped libbcc and holds no BPF
+    object yet."""
+    if not load_script().headers_available():
+        return bool(trees_of(pid))
+    try:
+        with open("/proc/{}/maps".format(pid)) as maps:
+            return "libbcc" in maps.read()
+    except OSError:
+        return False
+
+
+def assert_nothing_left(tool):
+    """Nothing the tool held or made outlives it."""
+    assert tool.held, "the test saw no BPF object of the tool"
+    assert bpf_objects.still_there(tool.held) == set()
+    assert trees_of(tool.proc.pid) == []
+    assert leftovers() == []
+
+
+def blocked_writing(pid):
+    """The process sleeps in a write to a full pipe."""
+    try:
+        with open("/proc/{}/wchan".format(pid)) as wchan:
+            return wchan.read().strip().endswith("pipe_write")
+    except OSError:
+        return False
+
+
+# ---- The target exits or restarts -----------------------------------------
+
+def test_target_exits_inside_a_window(load):
+    """The window is reported, the run ends with when the target exited
+    and exit code 75 (EX_TEMPFAIL)."""
+    quit_at = {}
+
+    def quit_workload(_proc):
+        time.sleep(0.2)
+        quit_at["local"] = time.time()
+        load.command("quit")
+
+    code, out, err = run_tool(
+        ["-p", str(load.pid), "--stop-trigger",
+         "t:syscalls:sys_enter_getsid", "--sample-count", "3"],
+        on_start=quit_workload, timeout=30)
+    assert code == os.EX_TEMPFAIL, err
+    assert err == "ERROR: process {} (kd-main) exited during the run; the " \
+        "windows above are all that was captured; run the tool again " \
+        "once it is back\n".format(load.pid)
+    assert re.search(r"^# Stop sampling \(process exited\) @", out, re.M)
+    window = report.parse(out)[0]
+    assert "kd-sleep" in window.threads
+    last = out.rstrip().splitlines()[-1]
+    match = re.match(r"# Process {} \(kd-main\) exited @(\S+) ".format(
+        load.pid), last)
+    assert match, out
+    # When: noticed within the 100 ms polling period.
+    noticed = time.mktime(time.strptime(match.group(1)[:19],
+                                        "%Y-%m-%dT%H:%M:%S")) + \
+        float("0" + match.group(1)[19:])
+    assert 0 <= noticed - quit_at["local"] < 0.5
+    assert out.count("# Sample dump @") == 1
+    assert leftovers() == []
+
+
+def test_target_exits_while_waiting_for_a_trigger(load):
+    def quit_workload(_proc):
+        load.command("quit")
+
+    code, out, err = run_tool(
+        ["-p", str(load.pid), "--start-trigger",
+         "t:syscalls:sys_enter_getsid"], on_waiting=quit_workload,
+        timeout=30)
+    assert code == os.EX_TEMPFAIL, err
+    assert "exited during the run" in err and err.count("\n") == 1
+    assert "# Start sampling" not in out
+    assert re.search(r"^# Process \d+ \(kd-main\) exited @", out, re.M)
+
+
+def test_target_restarts_between_windows(workload_copy):
+    """A new process of the same program replaces the target between two
+    windows: the run stops and names the new PID."""
+    first = workload_ctl.Workload(workload_copy)
+    second = []
+
+    def restart(_proc):
+        # As a supervisor would: the new process runs before the tool
+        # notices that the old one is gone.
+        if not second:
+            second.append(workload_ctl.Workload(workload_copy))
+            first.stop()
+
+    try:
+        code, out, err = run_tool(
+            ["-p", str(first.pid), "--sample-time", "0.2",
+             "--sample-count", "4", "--sample-interval", "1"],
+            on_stop=restart, timeout=30)
+    finally:
+        first.stop()
+        for load in second:
+            load.stop()
+    new = second[0].pid
+    assert code == os.EX_TEMPFAIL, err
+    assert err == "ERROR: process {} (kd-main) exited during the run; the " \
+        "windows above are all that was captured; it was restarted as " \
+        "process {}: run the tool again with -p {}\n".format(
+            first.pid, new, new)
+    assert out.count("# Sample dump @") == 1
+    assert "# Start sampling" in out.split("# Sample dump")[0]
+    assert out.count("# Start sampling") == 1
+    assert leftovers() == []
+
+
+# ---- Signals at every stage -----------------------------------------------
+
+@pytest.mark.parametrize("signals", [
+    (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)])
+def test_signals_while_compiling(load, signals):
+    """A signal while the program compiles takes effect once it is loaded
+    (a second one changes nothing): a clean end, nothing attached."""
+    tool = Tool(["-p", str(load.pid), "--sample-time", "30"])
+    try:
+        assert wait_until(lambda: compiling(tool.proc.pid))
+        for signum in signals:
+            tool.proc.send_signal(signum)
+            time.sleep(0.02)
+        code, out, err = tool.finish()
+    finally:
+        tool.kill()
+    assert (code, err) == (0, "")
+    assert out == "# Interrupted\n"
+    assert trees_of(tool.proc.pid) == []
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_waiting_for_a_trigger(load, signum):
+    tool = Tool(["-p", str(load.pid), "--start-trigger",
+                 "t:syscalls:sys_enter_getsid"])
+    try:
+        tool.read_until("# Waiting for start trigger")
+        tool.note_held()
+        tool.proc.send_signal(signum)
+        code, out, err = tool.finish()
+    finally:
+        tool.kill()
+    assert (code, err) == (0, "")
+    assert "# Start sampling" not in out
+    assert out.endswith("\n# Interrupted\n")
+    assert_nothing_left(tool)
+
+
+def big_report_run(load):
+    """A run whose report cannot fit in its (small) output pipe."""
+    assert load.command("crowd 40") == "ok crowd 40"
+    tool = Tool(["-p", str(load.pid), "--sample-time", "0.3",
+                 "--sample-count", "5"], pipe_size=4096)
+    tool.read_until("# Stop sampling")
+    tool.note_held()
+    # The report does not fit: the tool waits for us to read.
+    assert wait_until(lambda: blocked_writing(tool.proc.pid), timeout=10)
+    return tool
+
+
+def test_first_signal_during_a_report_lets_it_finish(load):
+    """Ctrl-C while a report is being written: the report is written in
+    full, then the run ends (no further window)."""
+    tool = big_report_run(load)
+    try:
+        tool.proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        code, out, err = tool.finish()
+    finally:
+        tool.kill()
+    assert (code, err) == (0, "")
+    windows = report.parse(out)
+    assert len(windows) == 1
+    # All 40 crowd threads (kd-cNNNNN) are there, with events or quiet.
+    crowd = {name for name in windows[0].threads
+             if re.match(r"kd-c\d{5}$", name)}
+    crowd |= set(re.findall(r"kd-c\d{5}(?= \()", windows[0].quiet))
+    assert len(crowd) == 40
+    assert {"kd-sleep", "kd-poll", "kd-op"} <= set(windows[0].threads)
+    assert out.endswith("\n# Interrupted\n")
+    assert_nothing_left(tool)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_second_signal_during_a_report_exits_at_once(load, signum):
+    """A second one cuts the report short, even with nobody reading:
+    exit code 128 + the signal number, nothing left behind."""
+    tool = big_report_run(load)
+    try:
+        tool.proc.send_signal(signum)
+        time.sleep(0.1)
+        tool.proc.send_signal(signum)
+        # Nobody reads, yet the tool ends.
+        tool.proc.wait(timeout=5)
+        code, out, err = tool.finish()
+    finally:
+        tool.kill()
+    assert (code, err) == (128 + signum, "")
+    assert "# Interrupted" not in out
+    assert out.count("# Sample dump @") == 1
+    assert_nothing_left(tool)
+
+
+# ---- SIGKILL ----------------------------------------------------------------
+
+def test_sigkill_in_a_window_leaves_nothing(load):
+    """kill -9 of a run with uprobe triggers, inside a window: the kernel
+    frees everything, and the include tree was already gone."""
+    tool = Tool(["-p", str(load.pid), "--start-trigger", "up:kd_op",
+                 "--stop-trigger", "ur:kd_op", "--sample-count", "1000"])
+    try:
+        tool.read_until("# Start sampling")
+        held = tool.note_held()
+        assert {kind for kind, _ in held} == {"prog", "link", "map"}
+        assert trees_of(tool.proc.pid) == []
+        os.kill(tool.proc.pid, signal.SIGKILL)
+        tool.proc.wait(timeout=5)
+    finally:
+        tool.kill()
+    assert_nothing_left(tool)
+
+
+def test_sigkill_while_compiling_then_next_run_cleans_up(load):
+    """The one window where SIGKILL leaves a file: the include tree while
+    the compiler reads it.  The next run removes it."""
+    if load_script().headers_available():
+        pytest.skip("kernel headers are installed: no include tree")
+    tool = Tool(["-p", str(load.pid), "--sample-time", "30"])
+    try:
+        assert wait_until(lambda: compiling(tool.proc.pid))
+        os.kill(tool.proc.pid, signal.SIGKILL)
+        tool.proc.wait(timeout=5)
+    finally:
+        tool.kill()
+    assert trees_of(tool.proc.pid) != []
+    code, out, err = run_tool(["-p", str(load.pid), "--sample-time", "0.1"])
+    assert code == 0, err
+    assert trees_of(tool.proc.pid) == []
+    assert leftovers() == []
+
+
+# ---- Environment errors -----------------------------------------------------
+
+def one_error_line(code, err, expected_code, fragment):
+    assert code == expected_code, err
+    assert err.count("\n") == 1 and err.startswith("ERROR: "), err
+    assert "; " in err         # what; how to fix
+    assert fragment in err
+
+
+def in_private_mounts(setup, args, prefix=""):
+    """Run the tool (behind prefix) after shell commands setup, in a
+    mount namespace of its own."""
+    script = "{}; exec {} {} {} {}".format(
+        setup, prefix, sys.executable, SCRIPT, " ".join(args))
+    return run_tool([], cmd=["unshare", "--mount", "sh", "-c", script])
+
+
+def test_error_no_btf_and_no_headers(load):
+    if load_script().headers_available():
+        pytest.skip("kernel headers are installed")
+    code, out, err = in_private_mounts(
+        "mount -t tmpfs none /sys/kernel/btf", ["-p", str(load.pid)])
+    one_error_line(code, err, os.EX_UNAVAILABLE,
+                   "this kernel has no BTF (/sys/kernel/btf/vmlinux) and "
+                   "no headers are installed for it")
+    assert out == ""
+
+
+def test_error_tracefs_cannot_be_mounted(load):
+    """A container without CAP_SYS_ADMIN, tracefs not mounted."""
+    code, out, err = in_private_mounts(
+        "umount /sys/kernel/tracing 2>/dev/null; "
+        "umount /sys/kernel/debug/tracing 2>/dev/null",
+        ["-p", str(load.pid)], prefix="{} --bounding-set=-sys_admin "
+        "--inh-caps=-sys_admin".format(shutil.which("setpriv")))
+    one_error_line(code, err, os.EX_UNAVAILABLE,
+                   "tracefs is not mounted and mounting it failed; run "
+                   "'mount -t tracefs nodev /sys/kernel/tracing'")
+    assert out == ""
+
+
+def test_ring_buffers_are_detected():
+    assert load_script().ringbuf_supported() is True
+
+
+def test_error_process_is_a_zombie():
+    zombie = subprocess.Popen(["true"])
+    try:
+        assert wait_until(lambda: not load_script().process_alive(
+            zombie.pid), timeout=5)
+        code, out, err = run_tool(["-p", str(zombie.pid)])
+    finally:
+        zombie.wait()
+    one_error_line(code, err, os.EX_NOINPUT,
+                   "process {} has exited (a zombie".format(zombie.pid))
