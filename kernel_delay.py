@@ -2956,7 +2956,9 @@ def make_verdict(budgets, threads, thresholds, signals=()):
 
 
 def pick_target(candidates, name=DEFAULT_PROCESS):
-    """The single pid in candidates [(pid, name)] whose name matches."""
+    """The single pid in candidates [(pid, name)] whose name matches;
+    names are compared as printable() makes them."""
+    name = printable(name)
     pids = sorted(pid for pid, comm in candidates if comm == name)
     if not pids:
         raise Fatal("no running {} process found; start it or pass --pid"
@@ -4288,7 +4290,7 @@ def plain(value):
 
 
 def _text(raw):
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return printable(raw.split(b"\0", 1)[0])
 
 
 def ctypes_layout(ctype):

@@ -23,6 +23,7 @@ import report
 import workload_ctl
 from conftest import SCRIPT, TOP, load_script
 from test_e2e import RUN_PIDS, leftovers, run_tool
+from test_json_e2e import run_json
 
 pytestmark = pytest.mark.privileged
 
@@ -404,3 +405,45 @@ def test_error_process_is_a_zombie():
         zombie.wait()
     one_error_line(code, err, os.EX_NOINPUT,
                    "process {} has exited (a zombie".format(zombie.pid))
+
+
+# ---- Thread names that try to break the report ---------------------------
+
+LIVE_NAME = b"kd \x1b[31m%s{}"              # kd-main renamed
+LIVE_SHOWN = "kd \\x1b[31m%s{}"
+EXITED_NAME = b"ex\xff\xfe\n{%d}"           # a thread that exits
+EXITED_SHOWN = "ex\\xff\\xfe\\x0a{%d}"
+
+
+def test_odd_thread_names_from_the_kernel(load):
+    """Names with escape sequences, format characters, braces, a newline
+    and bytes that are not UTF-8, read from /proc (a live thread) and
+    recorded by the kernel as a thread exits: escaped alike in the text
+    report and in JSON, and nothing a terminal would act on."""
+    assert load.command("rename " + LIVE_NAME.hex()) == "ok rename"
+    main_tid = load.pid
+    exited = []
+
+    def exit_a_thread(_proc):
+        answer = load.command("shortname {} 7".format(EXITED_NAME.hex()))
+        exited.append(int(answer.split()[3]))
+
+    code, text, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                "0.4"], on_start=exit_a_thread)
+    assert (code, err) == (0, "")
+    assert "\x1b" not in text and "\ufffd" not in text
+    assert all(char.isprintable() for line in text.splitlines()
+               for char in line)
+    threads = report.parse(text)[0].threads
+    assert threads[LIVE_SHOWN]["tid"] == main_tid
+    assert threads[EXITED_SHOWN]["tid"] == exited[0]
+    assert threads[EXITED_SHOWN]["SYSCALL"]["getpgid"]["count"] == 7
+
+    # JSON Lines (checked against the schema, pure ASCII).
+    code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
+                                "0.4"], on_start=exit_a_thread)
+    assert code == 0, err
+    sample = [doc for doc in docs if doc["type"] == "sample"][0]
+    names = {thread["tid"]: thread["name"] for thread in sample["threads"]}
+    assert names[main_tid] == LIVE_SHOWN
+    assert names[exited[1]] == EXITED_SHOWN
