@@ -2346,9 +2346,12 @@ def format_verdict(verdict, top=5):
     """The # VERDICT section: the threads with the most kernel-caused delay,
     then one paragraph per finding, or a line saying there is none."""
     def para(text, first="# "):
-        return textwrap.wrap(text, width=79, initial_indent=first,
-                             subsequent_indent="#   ",
-                             break_on_hyphens=False, break_long_words=False)
+        # Keep a number and its unit on one line.
+        lines = textwrap.wrap(text.replace(" ms", "\0ms").replace(" %", "\0%"),
+                              width=79, initial_indent=first,
+                              subsequent_indent="#   ",
+                              break_on_hyphens=False, break_long_words=False)
+        return [line.replace("\0", " ") for line in lines]
 
     limits = verdict.thresholds
     lines = ["", "# VERDICT"]
@@ -2362,9 +2365,21 @@ def format_verdict(verdict, top=5):
                                                    r.percent)
                               for r in shown[:top]),
                           ", ..." if len(shown) > top else ""))
+    stops = [f for f in verdict.findings if f.kind == "stopped"]
     for finding in verdict.findings:
-        lines += para("{} Next: {}.".format(finding.text, finding.next_step),
-                      "# - ")
+        if finding.kind != "stopped" or len(stops) == 1:
+            lines += para("{} Next: {}.".format(
+                finding.text, finding.next_step), "# - ")
+        elif finding is stops[0]:
+            # A process is usually stopped as a whole: one paragraph.
+            lines += para("{} threads were stopped{} (threshold {:g} % of "
+                          "the window): {}. Next: {}.".format(
+                              len(stops), stop_cause(finding.signals),
+                              finding.threshold,
+                              ", ".join("{} {} ({:.1f} %)".format(
+                                  _task(f.name, f.tid), _ms(f.ns), f.percent)
+                                  for f in stops),
+                              finding.next_step), "# - ")
     if not verdict.findings:
         lines += para("The kernel shows no significant delay for this "
                       "window: no thread waited for a CPU for {:g} %, spent "
@@ -2894,22 +2909,28 @@ def irq_finding(budget, stats, threshold):
                    text=text, next_step=step, sources=sources)
 
 
+def stop_cause(signals):
+    """What stopped the threads: the stop signals of the window."""
+    if not signals:
+        return (" by a signal sent before the window opened, or by a "
+                "debugger (ptrace)")
+    return " by " + ", ".join(
+        "{}{} from {}".format(sig.name, "" if sig.count == 1 else
+                              " x{}".format(sig.count),
+                              _task(sig.comm, sig.sender))
+        for sig in signals)
+
+
 def stopped_finding(budget, signals, threshold):
     text = ("{} was stopped for {} ({:.1f} % of the window, threshold "
-            "{:g} %)".format(_task(budget.name, budget.tid),
-                             _ms(budget.stopped),
-                             budget.percent(budget.stopped), threshold))
+            "{:g} %){}".format(_task(budget.name, budget.tid),
+                               _ms(budget.stopped),
+                               budget.percent(budget.stopped), threshold,
+                               stop_cause(signals)))
     if signals:
-        text += " by " + ", ".join(
-            "{}{} from {}".format(sig.name, "" if sig.count == 1 else
-                                  " x{}".format(sig.count),
-                                  _task(sig.comm, sig.sender))
-            for sig in signals)
         step = ("who sends that signal: a debugger, job control (Ctrl-Z), "
                 "a watchdog or monitoring script")
     else:
-        text += (" by a signal sent before the window opened, or by a "
-                 "debugger (ptrace)")
         step = ("who stops the process: a debugger attached to it, job "
                 "control (Ctrl-Z), a watchdog")
     return Finding(tid=budget.tid, name=budget.name, kind="stopped",

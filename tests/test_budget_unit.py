@@ -240,9 +240,18 @@ def test_verdict_stopped_by_a_signal(kd):
                               kd.Thresholds(), signals)
     assert [f.kind for f in verdict.findings] == ["stopped", "stopped"]
     assert "by SIGSTOP from bash (4242)" in verdict.findings[0].text
+    # One paragraph for the threads the same signals stopped.
+    text = " ".join(line[2:].strip() for line in
+                    kd.format_verdict(verdict)[2:])
+    assert "- 2 threads were stopped by SIGSTOP from bash (4242) (threshold " \
+        "1 % of the window): main (1) 300.0 ms (30.0 %), w (2) 300.0 ms " \
+        "(30.0 %). Next: who sends that signal" in text
+    del threads[2]
     verdict = kd.make_verdict(budgets_of(kd, threads), threads,
                               kd.Thresholds())
     assert "before the window opened" in verdict.findings[0].text
+    text = " ".join(kd.format_verdict(verdict))
+    assert "main (1) was stopped for 300.0 ms (30.0 % of the window" in text
 
 
 def test_verdict_ranks_by_kernel_delay(kd):
