@@ -3686,7 +3686,9 @@ def _json_schema():
                 syscall_events=syscall_events,
                 upcalls=upcalls,
                 losses=dict(losses, description="loss counters that grew "
-                                                "during this window"),
+                                                "since the previous report "
+                                                "(this window and the pause "
+                                                "before it)"),
                 warnings={"type": "array", "items": {"type": "string"},
                           "description": "warnings for the losses of this "
                                          "window, one sentence each"}),
@@ -4698,6 +4700,7 @@ class Sampler:
         self.target = getattr(args, "target", None) or Target(args.pid)
         self.pending = []       # ring buffer events not yet consumed
         self.samples = self.skipped = 0
+        self.reported = {}      # loss counters at the last report
         self.notes = []         # lines to print before the first window
 
     def write(self, stream, lines):
@@ -4774,7 +4777,6 @@ class Sampler:
         self.probes.reset()
         self.probes.poll(0)     # drop events of earlier windows
         self.pending = []
-        losses = self.probes.counters()
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
             window.start_ts = self.wait_for(Event.START_TRIGGER)
@@ -4854,9 +4856,12 @@ class Sampler:
         else:
             title = "# Sample dump"
         self.samples += 1
-        after = self.probes.counters()
+        # Losses since the last report: they include the start triggers
+        # missed while it was being written, and a skipped window's.
+        after, before = self.probes.counters(), self.reported
+        self.reported = after
         sample = Sample(self.samples, window, threads, quiet,
-                        {counter: after[counter] - losses.get(counter, 0)
+                        {counter: after[counter] - before.get(counter, 0)
                          for counter in after}, budgets, verdict)
         if args.syscall_events is not None:
             sample.events = self.probes.collect_events(threads)

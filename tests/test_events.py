@@ -537,3 +537,27 @@ def test_on_event_keeps_a_bounded_number(kd, monkeypatch):
     assert [e.entry for e in probes.syscall_events] == [0, 1, 2]
     assert probes.more_events == 2
     assert probes.events == [(kd.Event.STOP_TRIGGER, 77)]
+
+
+class MissingTriggers(FakeProbes):
+    """Start triggers missed while a window is being reported: after its
+    counters were read, before the next window opens."""
+
+    def __init__(self, kd):
+        super().__init__(kd, upcalls=False)
+        self.resets = 0
+
+    def reset(self):
+        if self.resets:
+            self.total[self.kd.Counter.TRIGGER_MISSED] += 3
+        self.resets += 1
+
+
+def test_losses_between_windows_go_to_the_next_window(kd):
+    lines = run_sampler(kd, ["--sample-count", "3"], MissingTriggers(kd))
+    windows = "\n".join(lines).split("# Sample dump")[1:]
+    assert ["3 start triggers were missed" in text for text in windows] == \
+        [False, True, True]
+    assert lines[-2:] == [
+        "# WARNING: 6 start triggers were missed: they fired while the "
+        "previous window", "#          was being reported."]

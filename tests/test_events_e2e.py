@@ -99,9 +99,12 @@ def test_one_event_per_known_sleep(naps):
 def test_only_calls_over_the_threshold(naps):
     window = naps.windows[0]
     assert all(event["delta_us"] >= 22000 for event in window.events)
-    # kd-sleep's 20 ms sleeps stay under 22 ms; kd-poll's 30 ms ones do
-    # not, and each of them is one event.
-    assert events_of(window, "kd-sleep") == []
+    # kd-sleep's 20 ms sleeps stay under 22 ms, but for the few a loaded
+    # machine stretches; kd-poll's 30 ms ones never do, and each of them is
+    # one event.
+    sleeps = naps.thread("kd-sleep")["SYSCALL"]["clock_nanosleep"]["count"]
+    assert sleeps >= 20
+    assert len(events_of(window, "kd-sleep")) < sleeps / 4
     polls = naps.thread("kd-poll")["SYSCALL"]
     assert len(events_of(window, "kd-poll", "clock_nanosleep")) == \
         polls["clock_nanosleep"]["count"]
