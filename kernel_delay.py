@@ -4807,13 +4807,13 @@ class Sampler:
             self.probes.set_state(Capture.HOLD)
         # A signal from here on lets the report finish (see Interrupts).
         with self.interrupts.writing():
-            if not self.report_window(window, losses, interrupted):
+            if not self.report_window(window, interrupted):
                 return None
         if interrupted:
             raise interrupted
         return window
 
-    def report_window(self, window, losses, interrupted):
+    def report_window(self, window, interrupted):
         """Write the report of a closed window; False if it was skipped."""
         args = self.args
         ended = window.stop_ts or self.clock()
