@@ -3019,6 +3019,13 @@ def printable(raw):
     return "".join(out)
 
 
+def one_line(text):
+    """text with its control characters (newlines from a library's error,
+    say) escaped, so that it stays one line."""
+    return re.sub(r"[\x00-\x1f\x7f]",
+                  lambda match: "\\x{:02x}".format(ord(match.group())), text)
+
+
 def iso_time(when):
     """An aware datetime in ISO 8601 with its UTC offset, or None."""
     if when is None:
@@ -4990,8 +4997,9 @@ def verify_usdt(pid, trigger):
         probes = sorted({"{}:{}".format(p.provider.decode(), p.name.decode())
                          for p in usdt.enumerate_probes()})
     except Exception as err:      # bcc raises plain Exception here
-        raise Fatal("cannot read the USDT probes of process {}: {}"
-                    .format(pid, err), os.EX_CONFIG)
+        raise Fatal("cannot read the USDT probes of process {}: {}; check "
+                    "that its executable is still there (/proc/{}/exe)"
+                    .format(pid, err, pid), os.EX_CONFIG)
     wanted = "{}:{}".format(trigger.target, trigger.name)
     if wanted not in probes:
         raise Fatal("trigger '{}': process {} has no USDT probe {}; it has: "
@@ -5095,8 +5103,9 @@ def usdt_contexts(triggers, verified):
                                                    trigger.name),
                               fn_name="kd_{}_trigger".format(role))
         except Exception as err:
-            raise Fatal("enabling USDT probe for '{}' failed: {}".format(
-                trigger.text, err), os.EX_OSERR)
+            raise Fatal("enabling USDT probe for '{}' failed: {}; rerun "
+                        "with -D to see why, or choose another trigger"
+                        .format(trigger.text, err), os.EX_OSERR)
         contexts.append(usdt)
     return contexts
 
@@ -5496,7 +5505,7 @@ def main(argv=None, out=None):
                             else out, interrupts)
             return os.EX_OK
     except Fatal as err:
-        sys.stderr.write("ERROR: {}\n".format(err))
+        sys.stderr.write("ERROR: {}\n".format(one_line(str(err))))
         return err.code
     except (OutputError, Abort) as err:
         output = args and args.output

@@ -139,9 +139,10 @@ def blocked_writing(pid):
 def test_target_exits_inside_a_window(load):
     """The window is reported, the run ends with when the target exited
     and exit code 75 (EX_TEMPFAIL)."""
-    quit_at = {}
+    quit_at, held = {}, set()
 
-    def quit_workload(_proc):
+    def quit_workload(proc):
+        held.update(bpf_objects.held_by(proc.pid))
         time.sleep(0.2)
         quit_at["local"] = time.time()
         load.command("quit")
@@ -167,7 +168,20 @@ def test_target_exits_inside_a_window(load):
         float("0" + match.group(1)[19:])
     assert 0 <= noticed - quit_at["local"] < 0.5
     assert out.count("# Sample dump @") == 1
+    assert held and bpf_objects.still_there(held) == set()
     assert leftovers() == []
+
+
+def test_normal_end_leaves_nothing(load):
+    tool = Tool(["-p", str(load.pid), "--sample-time", "0.2"])
+    try:
+        tool.read_until("# Start sampling")
+        tool.note_held()
+        code, out, err = tool.finish()
+    finally:
+        tool.kill()
+    assert (code, err) == (0, "")
+    assert_nothing_left(tool)
 
 
 def test_target_exits_while_waiting_for_a_trigger(load):

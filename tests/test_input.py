@@ -431,3 +431,29 @@ def test_write_out_writes_everything_to_a_file_descriptor(kd, tmp_path):
     with pytest.raises(kd.OutputError):
         with open("/dev/full", "w") as full:
             kd.write_out(full, "y\n")
+
+
+def test_error_messages_are_documented(kd):
+    """Every fixed part of every ERROR message is in the rst's table."""
+    with open(os.path.join(TOP, "kernel_delay.rst")) as rst:
+        docs = " ".join(rst.read().replace("``", "").split())
+    with open(SCRIPT) as script:
+        source = script.read()
+    calls = re.findall(r'raise Fatal\(((?:\s*"(?:[^"\\]|\\.)*")+)', source)
+    assert len(calls) >= 20
+    for call in calls:
+        text = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', call))
+        for fragment in re.split(r"\{[^}]*\}", text):
+            fragment = " ".join(fragment.split())
+            if len(fragment) >= 12:
+                assert fragment in docs, fragment
+
+
+def test_error_lines_stay_one_line(kd, capsys):
+    def fail(*_args, **_kwargs):
+        raise kd.Fatal("bcc said: line one\nline two\x1b[0m; fix it", 70)
+
+    with mock.patch.object(kd, "run", fail):
+        assert kd.main(["-p", "1"]) == 70
+    err = capsys.readouterr().err
+    assert err == "ERROR: bcc said: line one\\x0aline two\\x1b[0m; fix it\n"
