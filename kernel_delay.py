@@ -1610,7 +1610,7 @@ class Header:
     cpus: int
     load: tuple                         # 1, 5 and 15 minute load averages
     pid: int
-    name: str                           # the target's comm
+    name: str                           # as ps -e shows it, printable
     exe: Optional[str] = None
     started: Optional[datetime.datetime] = None
     version: Optional[str] = None       # of an OVS or OVN daemon
@@ -3044,7 +3044,7 @@ def format_header(header):
             header.machine, header.cpus, "s" if header.cpus != 1 else "",
             " ".join("{:.2f}".format(load) for load in header.load)),
         "# Process {}, PID {}{}".format(
-            printable(header.name), header.pid,
+            header.name, header.pid,
             ": " + printable(header.exe) if header.exe else "")]
     if header.started is not None:
         lines.append(timestamp_line("# Process started", header.started))
@@ -3626,7 +3626,8 @@ def _json_schema():
                                             "started"}}),
         "target": _object({
             "pid": integer("process ID"),
-            "name": text("process name (comm)"),
+            "name": text("process name as ps -e shows it, escaped like "
+                         "thread names"),
             "exe": text("its executable", nullable=True),
             "start_time": time_of("when the process started"),
             "version": text("--version of an OVS or OVN daemon",
@@ -4179,7 +4180,7 @@ def daemon_version(pid, name, run=subprocess.run):
 
 def read_header(command, pid):
     """Header of the reports: this host and process pid."""
-    name = (read_text("/proc/{}/comm".format(pid)) or "?").rstrip("\n")
+    name = process_name(pid) or "?"
     try:
         exe = os.readlink("/proc/{}/exe".format(pid))
     except OSError:

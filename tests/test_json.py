@@ -588,7 +588,7 @@ def test_format_header(kd):
 def test_format_header_quotes_and_escapes(kd):
     lines = kd.format_header(header(
         kd, command=("./kernel_delay.py", "--process", "a b",
-                     "--output", "x\ny"), cpus=1, name="w\x1bx",
+                     "--output", "x\ny"), cpus=1, name="w\\x1bx",
         exe=None, started=None, version=None,
         version_error="ovs-vswitchd --version: no answer within 3 s"))
     assert lines == [

@@ -389,9 +389,20 @@ def test_json_triggers_and_skipped_windows(workload_bin):  # noqa: F811
     assert docs[-1]["skipped"] == kinds.count("skipped")
 
 
-def test_process_by_name(tmp_path):
+def test_process_by_name(workload_bin, tmp_path):  # noqa: F811
     """--process finds a process by its name (the older spelling
-    --process-name too)."""
+    --process-name too): the workload, renamed to a name no other process
+    has, and a program started under a name of its own."""
+    with workload_ctl.Workload(workload_bin) as load:
+        assert load.command("rename " + b"kd-json-main".hex()) == \
+            "ok rename"
+        code, docs, err = run_json(["--process", "kd-json-main",
+                                    "--sample-time", "0.3"])
+    assert code == 0, err
+    assert (docs[0]["target"]["pid"], docs[0]["target"]["name"]) == \
+        (load.pid, "kd-json-main")
+    assert "kd-sleep" in threads_of(docs[0])
+
     sleeper = tmp_path / "kd-json-sleeper"
     sleeper.symlink_to(shutil.which("sleep"))
     proc = subprocess.Popen([str(sleeper), "30"])
