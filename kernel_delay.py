@@ -4629,13 +4629,16 @@ class Probes:
 class Interrupts:
     """What SIGINT (Ctrl-C) and SIGTERM do; handler() is the handler.
 
-    The first signal ends the run: at once (KeyboardInterrupt) while
-    setting up, waiting or capturing, but only after the current step
-    inside a shield() (loading and attaching the program, which must not
-    be cut in two) or a writing() section (a report: it is what the user
-    waits for).  A second signal while a report is being written cuts it
-    short (Abort).  Other signals after the first are ignored: the run is
-    already ending.
+    The first signal ends the run: pending() raises KeyboardInterrupt
+    where the run can stop cleanly, which the waiting loops call at least
+    every 100 ms, and the end of a shield() (loading and attaching the
+    program, which must not be cut in two) and of a writing() section (a
+    report: it is what the user waits for).  The handler itself does not
+    raise it: it may run inside a ctypes callback (ring buffer events),
+    which would swallow the exception.  A second signal while a report is
+    being written cuts it short: the handler raises Abort, which also
+    ends a write blocked on a full pipe.  Other signals after the first
+    are ignored: the run is already ending.
     """
 
     def __init__(self):
@@ -4647,18 +4650,13 @@ class Interrupts:
 
     def handler(self, signum, _frame):
         self.count += 1
-        if self.aborted:
-            return
-        if self.writers:
-            if self.count > 1:
-                self.aborted = True
-                raise Abort(signum)
-        elif not self.shielded and not self.delivered:
-            self.delivered = True
-            raise KeyboardInterrupt
+        if self.writers and self.count > 1 and not self.aborted:
+            self.aborted = True
+            raise Abort(signum)
 
     def pending(self):
-        """Deliver a signal that came during a shield or a report."""
+        """Raise KeyboardInterrupt for a signal not yet acted on, unless
+        inside a shield or a report."""
         if self.count and not self.delivered and not self.shielded and \
                 not self.writers:
             self.delivered = True
@@ -4743,6 +4741,7 @@ class Sampler:
         """Sleep between windows, watching the target."""
         deadline = time.monotonic() + seconds
         while True:
+            self.interrupts.pending()
             self.check_target()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -4754,6 +4753,7 @@ class Sampler:
         deadline (CLOCK_MONOTONIC ns) passes (returns None).  Raises
         TargetExited when the process goes away meanwhile."""
         while True:
+            self.interrupts.pending()
             # One poll can bring a start and a stop event: keep the rest.
             while self.pending:
                 event, ts = self.pending.pop(0)
