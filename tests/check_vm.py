@@ -45,6 +45,7 @@ GUEST_TESTS = [
     "[k:kd_no_such_function-kprobe-None]",
     "tests/test_triggers.py::test_trigger_errors"
     "[kr:kd_no_such_function-kprobe-None]",
+    "tests/guest_vm.py::test_upcall_statistics_on_the_kernel_datapath",
 ]
 # A developer may run fewer: KD_VM_TESTS="NODE_ID ...".
 GUEST_TESTS = os.environ.get("KD_VM_TESTS", "").split() or GUEST_TESTS

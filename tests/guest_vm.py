@@ -10,6 +10,8 @@ it as is honest.  Not collected by `pytest tests` (no test_ prefix).
 """
 
 import os
+import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -144,4 +146,135 @@ def test_kprobe_window_with_real_headers(workload_bin, offsets):
     assert sleeps["total"] >= sleeps["count"] * 20 * MSEC
     assert 0.5 * delta / (20 * MSEC) <= sleeps["count"] <= \
         delta / (20 * MSEC)
+    assert leftovers() == []
+
+
+# ---- OVS kernel datapath --------------------------------------------------
+
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+# The guest's own tmpfs: the host's OVS database, logs and sockets
+# (/etc/openvswitch is the host's, under a throw-away overlay) are not used.
+OVS_STATE = "/run/kd-ovs"
+OVS_ENV = dict(os.environ, OVS_DBDIR=OVS_STATE,
+               OVS_SYSCONFDIR=OVS_STATE + "/etc",
+               OVS_LOGDIR=OVS_STATE + "/log")
+LOOKUPS = re.compile(r"lookups: hit:(\d+) missed:(\d+) lost:(\d+)")
+FLOWS = re.compile(r"flows: (\d+)")
+# One datagram from each source port, to an address with a static
+# neighbour entry that no one answers: no replies, no ARP.
+SEND = """
+import socket, sys
+count, first = int(sys.argv[1]), int(sys.argv[2])
+for port in range(first, first + count):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("10.77.0.1", port))
+        sock.sendto(b"kd", ("10.77.0.99", 9))
+"""
+
+
+def sh(*cmd):
+    res = subprocess.run(cmd, env=OVS_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode == 0, "{}: {}".format(" ".join(cmd), res.stdout)
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def kernel_datapath():
+    """ovs-vswitchd with the kernel datapath: bridge br-kd, whose ports
+    kd-a and kd-b are veth pairs into network namespaces kd-a and kd-b.
+    Megaflows are off, so every new UDP source port is a miss that goes
+    up to userspace (one upcall per datagram)."""
+    for sub in ("etc/openvswitch", "log"):
+        os.makedirs(os.path.join(OVS_STATE, sub), exist_ok=True)
+    sh("modprobe", "openvswitch")
+    sh(OVS_CTL, "start", "--system-id=random")
+    try:
+        # IPv6 would add router and neighbour solicitations.
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+           "net.ipv6.conf.default.disable_ipv6=1")
+        sh("ovs-vsctl", "add-br", "br-kd")
+        for ns, address in (("kd-a", "10.77.0.1/24"),
+                            ("kd-b", "10.77.0.2/24")):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", ns, "type", "veth", "peer", "name",
+               "eth0", "netns", ns)
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw",
+               "net.ipv6.conf.all.disable_ipv6=1")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", address,
+               "dev", "eth0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+            sh("ip", "link", "set", ns, "up")
+            sh("ovs-vsctl", "add-port", "br-kd", ns)
+        sh("ip", "netns", "exec", "kd-a", "ip", "neigh", "add", "10.77.0.99",
+           "lladdr", "02:00:00:00:00:99", "dev", "eth0", "nud", "permanent")
+        sh("ovs-appctl", "upcall/disable-megaflows")
+        yield
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", "br-kd"],
+                       env=OVS_ENV)
+        for ns in ("kd-a", "kd-b"):
+            subprocess.run(["ip", "netns", "del", ns],
+                           stderr=subprocess.DEVNULL)
+        subprocess.run([OVS_CTL, "stop"], env=OVS_ENV,
+                       stdout=subprocess.DEVNULL)
+
+
+def datapath():
+    """(hit, missed, lost, flows) of the kernel datapath."""
+    text = sh("ovs-appctl", "dpctl/show")
+    lookups, flows = LOOKUPS.search(text), FLOWS.search(text)
+    assert lookups and flows, text
+    return tuple(int(n) for n in lookups.groups() + flows.groups())
+
+
+def send(cpu, count, first_port):
+    sh("ip", "netns", "exec", "kd-a", "taskset", "-c", str(cpu),
+       "/usr/bin/python3", "-c", SEND, str(count), str(first_port))
+
+
+def test_upcall_statistics_on_the_kernel_datapath(kernel_datapath):
+    """Datagrams sent from CPU 0, then from CPU 1, each a miss: the
+    window's upcall statistics count them, per CPU, as the datapath's
+    own miss counter does.  The window stays open until the test has
+    read that counter: a kretprobe stop trigger on getsid(), which the
+    test calls."""
+    first, second = 37, 53      # primes: no other sum makes them
+    counters = {}
+
+    def traffic(_proc):
+        counters["before"] = datapath()
+        send(0, first, 20000)
+        send(1, second, 30000)
+        # Until the handlers have installed a flow for each miss.
+        deadline = time.monotonic() + 30
+        while True:
+            counters["after"] = datapath()
+            if counters["after"][3] - counters["before"][3] >= \
+                    first + second or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        os.getsid(0)        # closes the window
+
+    code, out, err = run_tool(["--stop-trigger", "kr:__x64_sys_getsid"],
+                              on_start=traffic, timeout=RUN_TIMEOUT)
+    keep("upcalls", out + err)
+    assert code == 0, err
+    assert "Traceback" not in err
+    hit, missed, lost, flows = (after - before for after, before in
+                                zip(counters["after"], counters["before"]))
+    assert (hit, missed, lost, flows) == (0, first + second, 0, missed), \
+        counters
+    window = report.parse(out)[0]
+    upcalls = window.upcalls
+    assert upcalls is not None, out
+    assert upcalls["total"] == (missed, {0: first, 1: second}), out
+    assert upcalls["successful"] == (missed, {0: first, 1: second}), out
+    assert upcalls["failed"][0] == lost
+    # ovs-vswitchd's handler threads read each upcall from netlink with
+    # a recvmsg() (and try more that find none), before they install
+    # its flow.
+    assert sum(thread["SYSCALL"].get("recvmsg", {"count": 0})["count"]
+               for name, thread in window.threads.items()
+               if name.startswith("handler")) >= missed, out
     assert leftovers() == []
