@@ -723,39 +723,26 @@ TRACEPOINT_PROBE(signal, signal_generate)
     return 0;
 }
 
-#if NR_HISTOGRAM
 /* --histogram: log2 buckets of system call durations per thread and
- * call, and of waits for a CPU per thread (nr 0). */
+ * call, and of waits for a CPU per thread (nr HIST_READY). */
+#define HIST_READY      0xffffffff
+
+#if NR_HISTOGRAM
 struct hist_key_t {
     u32 tid;
     u32 nr;
     u32 slot;
 };
 
-BPF_HASH(sys_hist, struct hist_key_t, u64, MAX_HOLDER_KEYS);
-BPF_HASH(ready_hist, struct hist_key_t, u64, MAX_HOLDER_KEYS);
+BPF_HASH(hist, struct hist_key_t, u64, 2 * MAX_HOLDER_KEYS);
 #endif
 
-static __always_inline void kd_hist_sys(u32 tid, u32 nr, u64 ns)
+static __always_inline void kd_hist(u32 tid, u32 nr, u64 ns)
 {
 #if NR_HISTOGRAM
     struct hist_key_t key = { .tid = tid, .nr = nr, .slot = bpf_log2l(ns) };
     u64 zero = 0;
-    u64 *count = sys_hist.lookup_or_try_init(&key, &zero);
-
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        kd_bump(COUNTER_HIST_FULL);
-#endif
-}
-
-static __always_inline void kd_hist_ready(u32 tid, u64 ns)
-{
-#if NR_HISTOGRAM
-    struct hist_key_t key = { .tid = tid, .slot = bpf_log2l(ns) };
-    u64 zero = 0;
-    u64 *count = ready_hist.lookup_or_try_init(&key, &zero);
+    u64 *count = hist.lookup_or_try_init(&key, &zero);
 
     if (count)
         __sync_fetch_and_add(count, 1);
@@ -929,7 +916,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     start->ts = 0;
     kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
                COUNTER_SYS_STATS_FULL);
-    kd_hist_sys(tid, key.nr, delta);
+    kd_hist(tid, key.nr, delta);
 #if SYSCALL_EVENTS
     if (delta >= MIN_EVENT_NS && !(SKIP_POLL_EVENTS && IS_POLL(key.nr)))
         kd_syscall_event(ctx, tid, key.nr, entry, now);
@@ -1036,7 +1023,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     if (start && now >= start) {
         kd_acc_add(&entry->ready, now - start);
         kd_book_holders(next_ids, log, start, now);
-        kd_hist_ready(next_ids, now - start);
+        kd_hist(next_ids, HIST_READY, now - start);
     }
     kd_budget_stop_ends(next_ids, entry, now);
     if (entry->stop_start && now >= entry->stop_start)
@@ -2700,6 +2687,7 @@ def target_gone_error(target, successors):
 
 STOP_SIGNALS = {19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU"}
 NR_UNKNOWN = -2     # budget_t.sleep_nr: a call the kernel side cannot name
+HIST_READY = 0xffffffff     # hist_key_t.nr of the waits for a CPU
 
 
 def add_budget_rows(threads, rows, end):
@@ -4390,7 +4378,7 @@ class Probes:
                    "softirq_stats")
     TABLES = STAT_TABLES + ("sys_start", "sched_state", "exit_names")
     BUDGET_TABLES = ("blocked_stats", "holders", "stop_signals")
-    HIST_TABLES = ("sys_hist", "ready_hist")
+    HIST_TABLES = ("hist",)
 
     def __init__(self, bpf, pid, histogram=False, stacks=False,
                  upcalls=False):
@@ -4548,6 +4536,11 @@ class Probes:
         # of earlier windows or with no call in progress.
         budget_rows["holders"] = [(key, (ns, tgid, comm)) for key, (
             ns, tgid, _, comm) in budget_rows["holders"]]
+        hist = budget_rows.pop("hist", [])
+        budget_rows["sys_hist"] = [row for row in hist
+                                   if row[0][1] != HIST_READY]
+        budget_rows["ready_hist"] = [row for row in hist
+                                     if row[0][1] == HIST_READY]
         opened = self.capture_values()[1]
         budget_rows["sys_start"] = [
             (key, (value[1], value[2])) for key, value in

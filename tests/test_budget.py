@@ -5,13 +5,13 @@ the workload, checked against what the workload does and against
 
 import os
 import re
-import signal
 import time
 
 import pytest
 
 import workload_ctl
-from test_e2e import MSEC, NSEC, Capture, run_tool, spin_cpu
+from test_e2e import (MSEC, NSEC, Capture, run_tool, sigstop_window,
+                      spin_cpu)
 import report
 
 pytestmark = pytest.mark.privileged
@@ -119,19 +119,7 @@ def test_sleep_across_the_window_edges(spinning):
 
 
 def test_stopped_time_and_its_signal(workload_bin):
-    times = {}
-
-    def stop_and_continue(workload):
-        time.sleep(0.1)
-        times["stop"] = time.monotonic()
-        os.kill(workload.pid, signal.SIGSTOP)
-        time.sleep(0.3)
-        times["cont"] = time.monotonic()
-        os.kill(workload.pid, signal.SIGCONT)
-
-    with workload_ctl.Workload(workload_bin) as load:
-        capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
-    stopped_for = (times["cont"] - times["stop"]) * NSEC
+    capture, stopped_for = sigstop_window(workload_bin)
     window = capture.windows[0]
     (stops,) = [text for text in findings(window) if "stopped" in text]
     for name in ("kd-sleep", "kd-poll", "kd-op", "kd-pollwait"):

@@ -300,7 +300,9 @@ def test_several_windows(workload_bin):
         assert sleeps["total"] < 0.3 * NSEC
 
 
-def test_sigstop_sigcont_is_stopped_time(workload_bin):
+def sigstop_window(workload_bin):
+    """A 1 s window in which the workload is stopped (SIGSTOP) for 0.3 s:
+    (Capture, ns from SIGSTOP to SIGCONT)."""
     times = {}
 
     def stop_and_continue(workload):
@@ -313,7 +315,11 @@ def test_sigstop_sigcont_is_stopped_time(workload_bin):
 
     with workload_ctl.Workload(workload_bin) as load:
         capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
-    stopped_for = (times["cont"] - times["stop"]) * NSEC
+    return capture, (times["cont"] - times["stop"]) * NSEC
+
+
+def test_sigstop_sigcont_is_stopped_time(workload_bin):
+    capture, stopped_for = sigstop_window(workload_bin)
     for name in ("kd-main", "kd-sleep", "kd-poll", "kd-op", "kd-burst",
                  "kd-udp", "kd-pollwait"):
         thread = capture.thread(name)
