@@ -3,8 +3,10 @@
 the workload, checked against what the workload does and against
 /proc/PID/task/TID/schedstat."""
 
+import json
 import os
 import re
+import signal
 import time
 
 import pytest
@@ -202,3 +204,58 @@ def test_histograms(workload_bin):
         (16777216, 33554431, count)]
     ready = thread["READY HISTOGRAM"]["ready"]
     assert sum(n for _, _, n in ready) == thread["THREAD READY"]["count"]
+
+
+def test_quiet_threads_have_a_budget(workload_bin):
+    """Threads blocked in one call for the whole window record nothing in
+    it, yet have a budget: all of the window in that call, in flight
+    since before the window (the JSON output carries it)."""
+    with workload_ctl.Workload(workload_bin) as load:
+        code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
+                                   "0.3", "--format", "json"])
+    assert code == 0, err
+    doc = json.loads(out.splitlines()[0])
+    quiet = {thread["name"]: thread for thread in doc["quiet_threads"]}
+    # kd-main reads its commands from stdin, kd-burst waits for one.
+    for name, call in (("kd-main", "read"), ("kd-burst", "futex")):
+        assert quiet[name]["where"] == "in " + call
+        budget = quiet[name]["budget"]
+        window_ns = budget["window_ns"]
+        assert 0.3 * NSEC <= window_ns < 0.4 * NSEC
+        assert budget["blocked"]["ns"] == window_ns
+        assert [item["name"] for item in budget["blocked_in"]] == [call]
+        assert budget["in_flight"] == [{
+            "nr": budget["blocked_in"][0]["nr"], "name": call,
+            "ns": window_ns, "before_window": True}]
+    for thread in doc["threads"]:
+        budget = thread["budget"]
+        parts = sum(budget[part]["ns"]
+                    for part in ("on_cpu", "ready", "blocked", "stopped"))
+        if not thread["unreported_switches"]:
+            assert abs(parts - budget["window_ns"]) <= \
+                0.01 * budget["window_ns"], thread["name"]
+
+
+def test_stopped_for_the_whole_window(workload_bin):
+    """A process stopped before the window opens and continued after it
+    closes: no events at all, yet the budget and the verdict say it was
+    stopped throughout."""
+    with workload_ctl.Workload(workload_bin) as load:
+        os.kill(load.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.1)
+            code, out, err = run_tool(["-p", str(load.pid),
+                                       "--sample-time", "0.3"])
+        finally:
+            os.kill(load.pid, signal.SIGCONT)
+    assert code == 0, err
+    window = report.parse(out)[0]
+    assert window.threads == {}
+    (stops,) = findings(window)
+    count = int(stops.split()[0])
+    assert count >= 7
+    assert stops.startswith("{} threads were stopped by a signal sent before "
+                            "the window opened, or by a debugger (ptrace) "
+                            "(threshold 1 % of the window)".format(count))
+    assert "kd-sleep (" in stops
+    assert stops.count("(100.0 %)") == count
