@@ -167,6 +167,30 @@ def test_events_without_stacks(workload_bin):
     assert "stack traces were lost" not in capture.out
 
 
+def test_lost_stacks_are_marked_and_counted(workload_bin):
+    """A stack map of one entry: the threads' user stacks differ, so all
+    but one of them collide.  Each event says which stack it lost, and the
+    warning counts exactly those."""
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "0.5", "-s",
+                                 str(22 * MSEC), "--stack-trace-size", "1"],
+                          (nap,))
+    window = capture.windows[0]
+    assert capture.code == 0, capture.err
+    marks = [frame for event in window.events for frame in event["frames"]
+             if re.match(r"\[(kernel|user) stack lost: [A-Z0-9]+\]$", frame)]
+    assert len(events_of(window, "kd-nap")) == NAPS
+    assert window.more_events == 0
+    texts = [text for text in warnings_of(capture.out)
+             if "stack trace" in text]
+    assert len(texts) == 1, capture.out
+    match = re.match(r"(\d+) stack traces? (?:was|were) lost \(the stack "
+                     r"map was full, or two stacks hashed to the same slot\); "
+                     r"increase --stack-trace-size\.$", texts[0])
+    assert match, texts[0]
+    assert int(match.group(1)) == len(marks) > 0
+
+
 def test_tiny_ring_buffer_drops_are_counted_and_statistics_stay_right(
         workload_bin):
     """One page of ring buffer, every system call an event, and a burst:
