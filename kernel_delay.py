@@ -697,14 +697,14 @@ static __always_inline void kd_book_holders(u32 tid, struct cpu_log_t *log,
     }
 }
 
-/* Stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) sent to the target:
- * by whom. */
+/* Stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) and SIGCONT sent to
+ * the target: by whom. */
 TRACEPOINT_PROBE(signal, signal_generate)
 {
     u32 target = args->pid;
     int sig = args->sig;
 
-    if (sig < 19 || sig > 22 || !kd_capturing())
+    if (sig < 18 || sig > 22 || !kd_capturing())
         return 0;
     if (target != MONITOR_TGID && !sched_state.lookup(&target))
         return 0;
@@ -2685,7 +2685,9 @@ def target_gone_error(target, successors):
 
 # ---- Pure functions: time budget and verdict --------------------------------
 
-STOP_SIGNALS = {19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU"}
+STOP_SIGNALS = {19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU",
+                18: "SIGCONT"}
+SIGCONT = 18
 NR_UNKNOWN = -2     # budget_t.sleep_nr: a call the kernel side cannot name
 HIST_READY = 0xffffffff     # hist_key_t.nr of the waits for a CPU
 
@@ -2743,14 +2745,16 @@ def syscall_label(nr, names):
     return names.get(nr, "<unknown:{}>".format(nr))
 
 
-def thread_budget(stats, start, end, names, current_nr=None):
+def thread_budget(stats, start, end, names, current_nr=None,
+                  continued=False):
     """The Budget of a thread that recorded events in window [start, end].
 
     current_nr is the system call the thread was in when the window closed
     (from /proc), or None.  Sleep the kernel side could not attach to a
     call (budget_t.unknown) belongs to the call the thread was in when the
     window opened, if it is still in it, else it was outside any call (a
-    page fault, say).
+    page fault, say), or, when a SIGCONT came in the window (continued),
+    it was the end of a stop that began before the window.
     """
     window = end - start
     budget = Budget(tid=stats.tid, name=stats.name, window=window)
@@ -2773,7 +2777,9 @@ def thread_budget(stats, start, end, names, current_nr=None):
         budget.in_flight.append(InFlight(
             nr=current_nr, name=syscall_label(current_nr, names),
             ns=window, before_window=True))
-    if stats.unknown:
+    if stats.unknown and not before and continued:
+        budget.stopped += stats.unknown
+    elif stats.unknown:
         nr = current_nr if before else NR_OUTSIDE
         blocked[nr] = blocked.get(nr, 0) + stats.unknown
     budget.blocked_in = [BlockedIn(nr=nr, name=syscall_label(nr, names),
@@ -2816,17 +2822,18 @@ def quiet_budget(tid, name, start, end, names, state="", current_nr=None):
 
 
 def window_budgets(threads, quiet, start, end, names, current=None,
-                   states=None):
+                   states=None, continued=False):
     """Budgets of every thread of the window, by tid.
 
     threads: ThreadStats by tid; quiet: (tid, name, where) of threads with
     no events; current: {tid: nr or None} and states: {tid: state letter}
-    as /proc showed them when the window closed.
+    as /proc showed them when the window closed; continued: a SIGCONT
+    came in the window.
     """
     current = current or {}
     states = states or {}
     budgets = {tid: thread_budget(stats, start, end, names,
-                                  current.get(tid))
+                                  current.get(tid), continued)
                for tid, stats in threads.items()}
     for tid, name, _where in quiet:
         budgets[tid] = quiet_budget(tid, name, start, end, names,
@@ -2931,10 +2938,14 @@ def analyse_window(threads, quiet, start, end, names, current=None,
                    states=None, signals=(), thresholds=None):
     """(Budget by tid, Verdict) of one window [start, end]; see
     window_budgets() and make_verdict()."""
+    signals = list(signals)
     budgets = window_budgets(threads, quiet, start, end, names, current,
-                             states)
+                             states, any(sig.sig == SIGCONT
+                                         for sig in signals))
     return budgets, make_verdict(budgets, threads,
-                                 thresholds or Thresholds(), signals)
+                                 thresholds or Thresholds(),
+                                 [sig for sig in signals
+                                  if sig.sig != SIGCONT])
 
 
 def make_verdict(budgets, threads, thresholds, signals=()):

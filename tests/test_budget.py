@@ -259,3 +259,35 @@ def test_stopped_for_the_whole_window(workload_bin):
                             "(threshold 1 % of the window)".format(count))
     assert "kd-sleep (" in stops
     assert stops.count("(100.0 %)") == count
+
+
+def test_stopped_before_the_window_continued_inside(workload_bin):
+    """Stopped before the window opens, continued 0.3 s into it: the
+    threads' first events are their wakeups by SIGCONT, and the time
+    until then is stopped time."""
+    times = {}
+
+    def cont(workload):
+        time.sleep(0.3)
+        times["cont"] = time.monotonic()
+        os.kill(workload.pid, signal.SIGCONT)
+
+    with workload_ctl.Workload(workload_bin) as load:
+        tids = load.tids()
+        load.tids = lambda: tids        # a stopped workload cannot answer
+        os.kill(load.pid, signal.SIGSTOP)
+        try:
+            capture = Capture(load, ["--sample-time", "1"], (cont,))
+        finally:
+            os.kill(load.pid, signal.SIGCONT)
+    window = capture.windows[0]
+    for name in ("kd-sleep", "kd-poll", "kd-op", "kd-pollwait"):
+        thread = capture.thread(name)
+        rows = budget(thread)
+        assert_adds_up(thread, window_of(thread))
+        assert "(outside system calls)" not in rows
+        # From the window's start to SIGCONT, give or take the time the
+        # tool took to say the window opened.
+        assert 0.28 * NSEC < rows["stopped"][0] < 0.36 * NSEC, name
+    (stops,) = [text for text in findings(window) if "stopped" in text]
+    assert "by a signal sent before the window opened" in stops

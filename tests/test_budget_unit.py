@@ -347,3 +347,24 @@ def test_render_histogram_tables(kd):
     assert "#define NR_HISTOGRAM    0" in off
     assert "#define NR_HISTOGRAM    1" in on
     assert "#define MAX_HOLDER_KEYS 32768" in off
+
+
+def test_stop_from_before_the_window_ends_with_sigcont(kd):
+    """A thread first seen at its wakeup slept or was stopped since the
+    window opened; with a SIGCONT in the window, it was stopped."""
+    thread = stats(kd, tid=1, unknown=300 * MS, call_done=True)
+    budget = kd.thread_budget(thread, START, END, NAMES, continued=True)
+    assert (budget.stopped, budget.blocked) == (300 * MS, 0)
+    cont = kd.StopSignal(18, "SIGCONT", 9, 9, "bash", 1)
+    budgets, verdict = kd.analyse_window({1: thread}, [], START, END, NAMES,
+                                         signals=[cont])
+    assert budgets[1].stopped == 300 * MS
+    (finding,) = verdict.findings
+    # SIGCONT is not what stopped it.
+    assert finding.signals == [] and "before the window opened" in \
+        finding.text
+    # Still in the call of the window's start: asleep there, not stopped.
+    thread = stats(kd, tid=1, unknown=300 * MS)
+    budget = kd.thread_budget(thread, START, END, NAMES, current_nr=7,
+                              continued=True)
+    assert (budget.stopped, budget.blocked) == (0, 300 * MS)
