@@ -162,11 +162,12 @@ def test_target_exits_inside_a_window(load):
     match = re.match(r"# Process {} \(kd-main\) exited @(\S+) ".format(
         load.pid), last)
     assert match, out
-    # When: noticed within the 100 ms polling period.
+    # When: noticed within the 100 ms polling period (more on a loaded
+    # machine).
     noticed = time.mktime(time.strptime(match.group(1)[:19],
                                         "%Y-%m-%dT%H:%M:%S")) + \
         float("0" + match.group(1)[19:])
-    assert 0 <= noticed - quit_at["local"] < 0.5
+    assert 0 <= noticed - quit_at["local"] < 2
     assert out.count("# Sample dump @") == 1
     assert held and bpf_objects.still_there(held) == set()
     assert leftovers() == []
