@@ -313,6 +313,8 @@ def table(best, launch, crowd, targets):
         if limit is not None:
             verdict = "+{} {}".format(fmt(limit, unit), "met" if added_tool
                                       <= limit else "MISSED")
+            if added_floor > limit:
+                verdict += " (floor over it)"
         lines.append("{:26} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>6} {:>7}  "
                      "{}".format(title, unit, fmt(bare, unit),
                                  fmt(floor, unit), fmt(tool, unit),
