@@ -196,6 +196,15 @@ struct acc_t {
 /* A thread's system call state, updated in place: no insert or delete
  * per call.  Entries outlive windows; window says which one the rest
  * belongs to. */
+/* Sums of a thread's recent calls of one number, not yet in sys_stats. */
+struct sys_slot_t {
+    u32 nr;
+    u32 pad;
+    struct acc_t acc;
+};
+
+#define SYS_SLOTS 4         /* a power of two */
+
 struct sys_start_t {
     u64 window;         /* start of the window of the fields below */
     u64 ts;             /* entry of the call in progress, 0: none */
@@ -203,6 +212,7 @@ struct sys_start_t {
     u64 poll_ret;       /* return of the last poll(), 0: none */
     u32 restart_nr;     /* an interrupted poll() that resumes */
     u32 restarting;     /* in the next call, if set */
+    struct sys_slot_t slots[SYS_SLOTS];     /* by nr % SYS_SLOTS */
 };
 
 struct sys_key_t {
@@ -778,6 +788,39 @@ static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
     return sys_start.lookup(&tid);
 }
 
+/* A finished call of the thread: summed in its entry's slot for the
+ * number, which first moves what it holds for another number to
+ * sys_stats.  A loop of one call, or of a few that do not share a slot,
+ * updates no hash table.  User space adds what the slots hold at the end
+ * of the window. */
+static __always_inline void kd_count_call(u32 tid, struct sys_start_t *entry,
+                                          u32 nr, u64 delta)
+{
+    struct sys_slot_t *slot = &entry->slots[nr & (SYS_SLOTS - 1)];
+
+    if (slot->acc.count && slot->nr != nr) {
+        struct sys_key_t key = { .tid = tid, .nr = slot->nr };
+        struct acc_t zero = {};
+        struct acc_t *acc = sys_stats.lookup_or_try_init(&key, &zero);
+
+        if (acc) {
+            if (!acc->count || slot->acc.min < acc->min)
+                acc->min = slot->acc.min;
+            if (slot->acc.max > acc->max)
+                acc->max = slot->acc.max;
+            acc->count += slot->acc.count;
+            acc->total += slot->acc.total;
+        } else {
+            kd_bump(COUNTER_SYS_STATS_FULL);
+        }
+        slot->acc.count = 0;
+        slot->acc.total = 0;
+        slot->acc.max = 0;
+    }
+    slot->nr = nr;
+    kd_acc_add(&slot->acc, delta);
+}
+
 /* The thread's interrupted poll() resumes in its next system call. */
 static __always_inline void kd_poll_restarts(struct sys_start_t *entry,
                                              u32 nr)
@@ -911,11 +954,9 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     struct sys_key_t key = { .tid = tid, .nr = start->nr };
     u64 entry = start->ts;
     u64 delta = now - entry;
-    struct acc_t zero = {};
 
     start->ts = 0;
-    kd_account(sys_stats.lookup_or_try_init(&key, &zero), delta,
-               COUNTER_SYS_STATS_FULL);
+    kd_count_call(tid, start, key.nr, delta);
     kd_hist(tid, key.nr, delta);
 #if SYSCALL_EVENTS
     if (delta >= MIN_EVENT_NS && !(SKIP_POLL_EVENTS && IS_POLL(key.nr)))
@@ -2634,6 +2675,25 @@ def split_sched_state(entries):
     return rows, starts, lost
 
 
+def add_pending_calls(stat_rows, entries, window):
+    """The sys_stats rows [((tid, nr), Acc)] with the sums the threads'
+    system call entries [(tid, value)] of this window still hold: value[0]
+    is the window, value[6] the slots, (nr, pad, (count, total, min,
+    max)) each."""
+    merged = dict(stat_rows)
+    for tid, value in entries:
+        if value[0] != window:
+            continue
+        for nr, _, (count, total, low, high) in value[6]:
+            if not count:
+                continue
+            old = merged.get((tid, nr))
+            merged[(tid, nr)] = Acc(count, total, low, high) if old is None \
+                else Acc(old.count + count, old.total + total,
+                         min(old.min, low), max(old.max, high))
+    return list(merged.items())
+
+
 def budget_state_rows(entries):
     """The budget_state rows of add_budget_rows(), (tid,) -> (sleep start,
     sleep nr, unknown ns, stop_ready ns, call done), from the scheduler
@@ -4314,7 +4374,9 @@ def plain(value):
         return printable(value.split(b"\0", 1)[0])
     if hasattr(value, "value"):
         return value.value
-    if hasattr(value, "_length_"):      # char array
+    if hasattr(value, "_length_"):
+        if getattr(value, "_type_", None) is not ctypes.c_char:
+            return tuple(plain(item) for item in value)
         return printable(bytes(value).split(b"\0", 1)[0])
     return value
 
@@ -4339,9 +4401,14 @@ def ctypes_layout(ctype):
         tail = ctypes.sizeof(ctype) - offset
         fmt += "{}x".format(tail) if tail else ""
         return fmt, lambda flat: tuple(part(flat) for part in parts)
-    if hasattr(ctype, "_length_"):      # arrays: as plain(), char arrays
-        size = ctypes.sizeof(ctype)
-        return "{}s".format(size), lambda flat: _text(next(flat))
+    if hasattr(ctype, "_length_"):
+        if ctype._type_ is ctypes.c_char:
+            return "{}s".format(ctype._length_), lambda flat: _text(
+                next(flat))
+        item_fmt, item = ctypes_layout(ctype._type_)
+        length = ctype._length_
+        return item_fmt * length, lambda flat: tuple(
+            item(flat) for _ in range(length))
     code = getattr(ctype, "_type_", None)
     if code == "?":
         return "?", next
@@ -4527,6 +4594,10 @@ class Probes:
         for name in self.STAT_TABLES:
             rows[name] = [(key if isinstance(key, tuple) else (key,),
                            Acc(*value)) for key, value in self.rows(name)]
+        opened = self.capture_values()[1]
+        sys_entries = self.rows("sys_start")
+        rows["sys_stats"] = add_pending_calls(rows["sys_stats"],
+                                              sys_entries, opened)
         sched = self.rows("sched_state")
         sched_rows, starts, lost = split_sched_state(sched)
         rows.update(sched_rows)
@@ -4538,7 +4609,7 @@ class Probes:
         add_open_periods(threads, starts, end_ns)
         budget_rows = {"open_stops": open_stops,
                        "budget_state": budget_state_rows(sched)}
-        tables = ("blocked_stats", "holders", "sys_start") \
+        tables = ("blocked_stats", "holders") \
             + (self.HIST_TABLES if self.histogram else ())
         for name in tables:
             budget_rows[name] = [(key if isinstance(key, tuple) else (key,),
@@ -4552,10 +4623,9 @@ class Probes:
                                    if row[0][1] != HIST_READY]
         budget_rows["ready_hist"] = [row for row in hist
                                      if row[0][1] == HIST_READY]
-        opened = self.capture_values()[1]
         budget_rows["sys_start"] = [
-            (key, (value[1], value[2])) for key, value in
-            budget_rows["sys_start"] if value[0] == opened and value[1]]
+            ((tid,), (value[1], value[2])) for tid, value in sys_entries
+            if value[0] == opened and value[1]]
         add_budget_rows(threads, budget_rows, end_ns)
         exited = {key: value[0] for key, value in self.rows("exit_names")}
         for tid, stats in threads.items():

@@ -1133,14 +1133,22 @@ class _Key(ctypes.Structure):
                 ("delta", ctypes.c_int)]
 
 
+class _Slot(ctypes.Structure):
+    _fields_ = [("nr", ctypes.c_uint), ("pad", ctypes.c_uint),
+                ("acc", _Acc)]
+
+
 class _Entry(ctypes.Structure):
     _fields_ = [("start", ctypes.c_ulonglong), ("run", _Acc),
-                ("key", _Key), ("signed", ctypes.c_long)]
+                ("key", _Key), ("signed", ctypes.c_long),
+                ("slots", _Slot * 2), ("counts", ctypes.c_uint * 3)]
 
 
 def test_unpack_rows_matches_plain(kd):
     keys = [_Key(7, b"ab", 2**40, True, -3), _Key(8, b"abcde", 0, False, 5)]
-    entries = [_Entry(1, _Acc(1, 2, 3, 4), keys[1], -8),
+    slots = (_Slot * 2)(_Slot(7, 0, _Acc(1, 2, 3, 4)), _Slot(9))
+    entries = [_Entry(1, _Acc(1, 2, 3, 4), keys[1], -8, slots,
+                      (ctypes.c_uint * 3)(5, 6, 7)),
                _Entry(2**63, _Acc(), keys[0], 2**40)]
     for key_type, leaf_type, key_list, leaf_list in (
             (_Key, _Entry, keys, entries),
@@ -1154,3 +1162,22 @@ def test_unpack_rows_matches_plain(kd):
         assert rows == [(kd.plain(key), kd.plain(leaf))
                         for key, leaf in zip(key_list, leaf_list)]
     assert kd.plain(keys[1])[1] == "abcde"
+    assert kd.plain(entries[0])[4:] == (((7, 0, (1, 2, 3, 4)),
+                                         (9, 0, (0, 0, 0, 0))), (5, 6, 7))
+
+
+def test_add_pending_calls(kd):
+    def entry(window, *slots):
+        empty = (0, 0, (0, 0, 0, 0))
+        return (window, 0, 0, 0, 0, 0, slots + (empty,) * (4 - len(slots)))
+
+    stats = [((7, 39), kd.Acc(3, 300, 50, 150)),
+             ((8, 1), kd.Acc(1, 10, 10, 10))]
+    entries = [(7, entry(1000, (39, 0, (2, 60, 20, 40)),
+                         (1, 0, (1, 5, 5, 5)))),
+               # An entry of an earlier window: reported then.
+               (8, entry(900, (1, 0, (4, 40, 10, 10))))]
+    assert sorted(kd.add_pending_calls(stats, entries, 1000)) == [
+        ((7, 1), kd.Acc(1, 5, 5, 5)),
+        ((7, 39), kd.Acc(5, 360, 20, 150)),
+        ((8, 1), kd.Acc(1, 10, 10, 10))]
