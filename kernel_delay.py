@@ -4511,7 +4511,7 @@ class Probes:
     def reset(self):
         for name in self.TABLES + self.BUDGET_TABLES + (
                 self.HIST_TABLES if self.histogram else ()):
-            self.bpf[name].clear()
+            self.clear(name)
         if self.stacks:
             self.bpf["stack_traces"].clear()
         if self.upcalls:
@@ -4636,6 +4636,16 @@ class Probes:
     def rows(self, name):
         """All (key, value) pairs of hash map name, as plain() gives them:
         in one batch lookup (Linux 5.6), else one lookup per entry."""
+        return self._batch(name, bcc.libbcc.lib.bpf_lookup_batch)
+
+    def clear(self, name):
+        """Empty hash map name: in one batch (Linux 5.6), else one
+        deletion per entry."""
+        self._batch(name, bcc.libbcc.lib.bpf_lookup_and_delete_batch, False)
+
+    def _batch(self, name, operation, unpack=True):
+        """The rows of hash map name (with unpack), read by the batch
+        operation: lookup, or lookup and delete."""
         table = self.bpf[name]
         key_size = ctypes.sizeof(table.Key)
         leaf_size = ctypes.sizeof(table.Leaf)
@@ -4646,7 +4656,7 @@ class Probes:
         total = 0
         while total < room:
             count.value = room - total
-            failed = bcc.libbcc.lib.bpf_lookup_batch(
+            failed = operation(
                 table.map_fd, ctypes.byref(token) if total else None,
                 ctypes.byref(token), ctypes.byref(keys, total * key_size),
                 ctypes.byref(leaves, total * leaf_size), ctypes.byref(count))
@@ -4654,11 +4664,16 @@ class Probes:
             total += count.value
             if failed and error == errno.ENOENT:
                 break           # the whole map has been read
+            if failed and not unpack:
+                table.clear()
+                return None
             if failed:
                 return [(plain(key), plain(value))
                         for key, value in table.items()]
             if not count.value:
                 break
+        if not unpack:
+            return None
         return unpack_rows(table.Key, table.Leaf, keys.raw, leaves.raw,
                            total)
 
