@@ -4623,11 +4623,13 @@ class Probes:
                                    if row[0][1] != HIST_READY]
         budget_rows["ready_hist"] = [row for row in hist
                                      if row[0][1] == HIST_READY]
+        # A thread that exited entered exit() and never left it: that is
+        # no call in flight.
+        exited = {key: value[0] for key, value in self.rows("exit_names")}
         budget_rows["sys_start"] = [
             ((tid,), (value[1], value[2])) for tid, value in sys_entries
-            if value[0] == opened and value[1]]
+            if value[0] == opened and value[1] and tid not in exited]
         add_budget_rows(threads, budget_rows, end_ns)
-        exited = {key: value[0] for key, value in self.rows("exit_names")}
         for tid, stats in threads.items():
             stats.name = (thread_name(self.pid, tid) or exited.get(tid) or
                           "<unknown:{}/{}>".format(self.pid, tid))
@@ -4794,6 +4796,7 @@ class Sampler:
         self.interrupts = interrupts or Interrupts()
         self.target = getattr(args, "target", None) or Target(args.pid)
         self.pending = []       # ring buffer events not yet consumed
+        self.said_waiting = False
         self.samples = self.skipped = 0
         self.reported = {}      # loss counters at the last report
         self.notes = []         # lines to print before the first window
@@ -4876,6 +4879,12 @@ class Sampler:
         self.pending = []
         if args.start_trigger:
             self.probes.set_state(Capture.ARMED)
+            # Said once armed: whoever reads the line may fire the trigger
+            # at once.
+            if not self.said_waiting:
+                self.said_waiting = True
+                self.say(timestamp_line("# Waiting for start trigger '{}'"
+                                        .format(args.start_trigger.text)))
             window.start_ts = self.wait_for(Event.START_TRIGGER)
             started = window.start_ts
         else:
@@ -4991,9 +5000,6 @@ class Sampler:
             self.report(format_header(self.header))
         if self.notes:
             self.say(self.notes)
-        if self.args.start_trigger:
-            self.say(timestamp_line("# Waiting for start trigger '{}'".format(
-                self.args.start_trigger.text)))
         done = 0
         end = "interrupted"
         try:

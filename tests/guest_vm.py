@@ -88,7 +88,7 @@ def test_kprobe_window_with_real_headers(workload_bin, offsets):
 
         def drive():
             try:
-                # The tool says it waits just before it arms the trigger.
+                # The waiting line follows arming; the pause is a margin.
                 time.sleep(1)
                 marks["before"] = time.monotonic()
                 assert load.command("burst {}".format(BURST)) == \

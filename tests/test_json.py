@@ -834,3 +834,30 @@ def test_notes_in_every_document(kd):
     # People read the note on standard error.
     assert progress.getvalue().startswith(
         "# Upcall statistics skipped: a reason.\n")
+
+
+def test_waiting_line_comes_after_arming(kd):
+    """Whoever reads "# Waiting for start trigger" may fire the trigger at
+    once: the program must be armed by then, and the line said once."""
+    class Recording(FakeProbes):
+        def __init__(self, kd, rows, out):
+            super().__init__(kd, rows)
+            self.out = out
+            self.armed_when = []
+
+        def set_state(self, state):
+            if state == self.kd.Capture.ARMED:
+                self.armed_when.append(self.out.getvalue())
+
+        def capture_values(self):
+            return self.kd.Capture.HOLD, 10 ** 12, 10 ** 12 + 10 ** 6
+
+    args = kd.parse_args(["-p", str(os.getpid()), "--start-trigger", "u:p:a",
+                          "--stop-trigger", "u:p:b", "--sample-count", "2"])
+    out = io.StringIO()
+    probes = Recording(kd, report_rows(kd), out)
+    kd.Sampler(probes, args, out, SYSCALL_NAMES, POLL_NRS, clock=Clock(),
+               header=header(kd), wall=wall).run()
+    assert len(probes.armed_when) == 2
+    assert "# Waiting for start trigger" not in probes.armed_when[0]
+    assert out.getvalue().count("# Waiting for start trigger 'u:p:a'") == 1

@@ -161,6 +161,8 @@ def test_json_budget_adds_up(json_run):
                 not thread["unreported_switches"]:
             assert abs(thread["budget"]["other"]["ns"]) <= 0.01 * window, \
                 thread
+    # kd-short entered exit() and never returned: nothing in flight.
+    assert threads_of(sample)["kd-short"]["budget"]["in_flight"] == []
     sleeper = threads_of(sample)["kd-sleep"]["budget"]
     assert sleeper["blocked_in"][0]["name"] == "clock_nanosleep"
     assert sleeper["blocked"]["percent"] > 90
