@@ -5495,7 +5495,7 @@ def run(args, out, command=(), interrupts=None):
     """Everything after argument parsing; raises Fatal on errors."""
     interrupts = interrupts or Interrupts()
     if args.json_schema:
-        out.write(json.dumps(JSON_SCHEMA, indent=2) + "\n")
+        write_out(out, json.dumps(JSON_SCHEMA, indent=2) + "\n")
         return os.EX_OK
     if bcc is None and not args.ebpf:
         raise Fatal("the Python module bcc (BPF Compiler Collection) is "
@@ -5535,7 +5535,7 @@ def run(args, out, command=(), interrupts=None):
         stack_size=args.stack_trace_size,
         upcall_keys=upcall_keys() if args.upcalls else 0)
     if args.ebpf:
-        out.write(source)
+        write_out(out, source)
         return os.EX_OK
     if os.geteuid() != 0:
         raise Fatal("root privileges are needed to load eBPF programs; run "

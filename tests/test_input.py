@@ -488,3 +488,26 @@ def test_signal_inside_a_ring_buffer_callback_ends_the_window(kd):
     text = out.getvalue()
     assert re.search(r"^# Stop sampling \(interrupted\) @", text, re.M)
     assert text.count("# Sample dump @") == 1
+
+
+class RefusingOutput(io.StringIO):
+    """Standard output that fails every write with err."""
+
+    def __init__(self, err):
+        super().__init__()
+        self.err = err
+
+    def write(self, text):
+        raise self.err
+
+
+@pytest.mark.parametrize("argv", [["--json-schema"], ["--ebpf", "-p", "1"]])
+def test_output_errors_of_the_printing_options(kd, argv, capsys):
+    full = RefusingOutput(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert kd.main(argv, out=full) == os.EX_IOERR
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: cannot write the report") and \
+        err.count("\n") == 1
+    closed = RefusingOutput(BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    assert kd.main(argv, out=closed) == os.EX_OK
+    assert capsys.readouterr().err == ""
