@@ -1015,17 +1015,19 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
  * before the switch, so current is still prev. */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
+    /* Every switch on the machine comes here: outside a window, leave
+     * before reading anything of the tasks. */
+    if (!kd_capturing())
+        return 0;
+
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u64 next_ids = kd_task_ids((void *)ctx->args[2]);
 
     if (!(kd_is_target(pid_tgid) || kd_is_target(next_ids))) {
         /* Other tasks' switches only go into the CPU log (time budget). */
-        if (kd_capturing())
-            kd_log_switch(bpf_ktime_get_ns(), pid_tgid);
+        kd_log_switch(bpf_ktime_get_ns(), pid_tgid);
         return 0;
     }
-    if (!kd_capturing())
-        return 0;
 
     u64 now = bpf_ktime_get_ns();
     struct sched_t *entry;
@@ -1071,6 +1073,10 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         kd_acc_add(&entry->stop, now - entry->stop_start);
     entry->ready_start = 0;
     entry->stop_start = 0;
+    /* A sleep still open here lost its wakeup: it ended before now, at
+     * a time nobody saw, so it is left to "other" rather than booked up
+     * to the window's end. */
+    entry->budget.sleep_start = 0;
     entry->run_start = now;
     entry->switched = 1;
     return 0;
