@@ -10,12 +10,16 @@ of its own, with the guest's output when it fails.  Software emulation
 (no KVM): about 20 s to boot, about 40 s per compile of the eBPF program.
 
 Also here: the task_struct offsets read from the guest kernel's BTF
-against offsetof() compiled by kbuild against its headers.
+against offsetof() compiled by kbuild against its headers.  Then a second
+boot: Debian's PREEMPT_RT build of the same kernel (linux-image-rt-amd64,
+no headers), with RT_GUEST_TESTS.
 
 Environment: KD_VM_TESTS (the guest tests to run, by pytest node ID),
 KD_VM_KERNEL (a vmlinuz to boot; default: the newest
-/boot/vmlinuz-* with headers that is not the running kernel), VNG (the
-vng command), KD_VM_KVM=1 (use KVM instead of emulation).  What the guest
+/boot/vmlinuz-* with headers that is not the running kernel),
+KD_VM_RT_TESTS and KD_VM_RT_KERNEL (the same for the PREEMPT_RT boot), VNG (the
+vng command), KD_VM_KVM=1 (use KVM instead of emulation), KD_VM_TIMEOUT
+(seconds per boot, its tests included; default 1200).  What the guest
 leaves (its pytest output, the reports of its runs) stays in
 build/check-vm.
 Not collected by `pytest tests` (no test_ prefix).
@@ -35,8 +39,6 @@ import pytest
 import workload_ctl
 from conftest import TOP
 
-pytestmark = pytest.mark.privileged
-
 # What runs in the guest, in one boot; one host test each.
 GUEST_TESTS = [
     "tests/guest_vm.py::test_kprobe_window_with_real_headers[btf]",
@@ -47,16 +49,40 @@ GUEST_TESTS = [
     "[kr:kd_no_such_function-kprobe-None]",
     "tests/guest_vm.py::test_upcall_statistics_on_the_kernel_datapath",
 ]
-# A developer may run fewer: KD_VM_TESTS="NODE_ID ...".
+# What runs on the PREEMPT_RT kernel (linux-image-rt-amd64, no headers).
+RT_GUEST_TESTS = [
+    "tests/test_e2e.py::test_exact_count_of_a_rare_syscall",
+    "tests/test_e2e.py::test_udp_counts_and_net_rx_in_sender_context",
+    "tests/test_e2e.py::test_run_and_ready_match_schedstat[kd-spin1]",
+    "tests/test_e2e.py::test_run_and_ready_match_schedstat[kd-spin2]",
+    "tests/guest_vm.py::test_kprobe_window_on_preempt_rt",
+    "tests/guest_vm.py::test_upcall_statistics_on_the_kernel_datapath",
+    "tests/guest_vm.py::test_irq_thread_takes_the_cpu_on_preempt_rt",
+    "tests/test_long_poll.py::test_exactly_one_catch_for_the_long_interval",
+    "tests/test_long_poll.py::test_length_agrees_with_the_workload_clock",
+    "tests/test_long_poll.py::test_run_and_ready_agree_with_schedstat",
+    "tests/test_long_poll.py::"
+    "test_stop_is_timed_and_its_signal_and_sender_named",
+]
+# A developer may run fewer: KD_VM_TESTS="NODE_ID ...", KD_VM_RT_TESTS.
 GUEST_TESTS = os.environ.get("KD_VM_TESTS", "").split() or GUEST_TESTS
+RT_GUEST_TESTS = os.environ.get("KD_VM_RT_TESTS", "").split() or \
+    RT_GUEST_TESTS
 OUT_DIR = os.path.join(TOP, "build", "check-vm")
-GUEST_TIMEOUT = 1200    # seconds, boot included
+RT_OUT_DIR = os.path.join(TOP, "build", "check-vm-rt")
+# seconds, boot included (KD_VM_TIMEOUT: more, on a loaded machine)
+GUEST_TIMEOUT = int(os.environ.get("KD_VM_TIMEOUT") or 1200)
 LOG_TAIL = 12000        # characters of guest output shown on a failure
 
 
 def release_key(release):
     return [int(n) if n.isdigit() else n
             for n in re.split(r"(\d+)", release)]
+
+
+def is_rt_release(release):
+    """Debian's PREEMPT_RT kernels: 6.1.0-57-rt-amd64."""
+    return "-rt-" in release or release.endswith("-rt")
 
 
 def guest_kernel():
@@ -67,12 +93,25 @@ def guest_kernel():
     running = os.uname().release
     found = [os.path.basename(path)[len("vmlinuz-"):]
              for path in glob.glob("/boot/vmlinuz-*")]
-    found = [rel for rel in found
-             if os.path.exists("/lib/modules/{}/build".format(rel))]
+    found = [rel for rel in found if not is_rt_release(rel) and
+             os.path.exists("/lib/modules/{}/build".format(rel))]
     found.sort(key=lambda rel: (rel != running, release_key(rel)))
     if not found:
         return None
     return "/boot/vmlinuz-" + found[-1], found[-1]
+
+
+def rt_kernel():
+    """(vmlinuz path, release) of the newest PREEMPT_RT kernel with its
+    modules (openvswitch), or None.  Its headers are not needed."""
+    chosen = os.environ.get("KD_VM_RT_KERNEL")
+    if chosen:
+        return chosen, os.path.basename(chosen).split("-", 1)[-1]
+    found = [os.path.basename(path)[len("vmlinuz-"):]
+             for path in glob.glob("/boot/vmlinuz-*")]
+    found = sorted((rel for rel in found if is_rt_release(rel) and
+                    os.path.isdir("/lib/modules/" + rel)), key=release_key)
+    return ("/boot/vmlinuz-" + found[-1], found[-1]) if found else None
 
 
 def vng_command():
@@ -133,9 +172,12 @@ class Guest:
 GUEST_SCRIPT = """\
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin KD_IN_GUEST=1 CI=true
 export KD_WORKLOAD={workload} KD_VM_OUT={out} PYTHONDONTWRITEBYTECODE=1
+# Unbuffered: a boot cut by the timeout still shows how far it got.
+export PYTHONUNBUFFERED=1
 cd {top} || exit 1
 cut -d' ' -f1 /proc/uptime > {out}/booted
 uname -r > {out}/release
+uname -v > {out}/uname-v
 cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
 /usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=0 \\
     --junitxml={out}/guest.xml \\
@@ -145,16 +187,37 @@ cut -d' ' -f1 /proc/uptime > {out}/finished
 """
 
 
+def no_vm(problem):
+    if os.environ.get("CI") == "true":
+        pytest.fail("make check-vm cannot run under CI=true: " + problem)
+    pytest.skip(problem)
+
+
 @pytest.fixture(scope="module")
 def guest():
     problem = vm_problem()
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail("make check-vm cannot run under CI=true: " + problem)
-        pytest.skip(problem)
+        no_vm(problem)
     image, release = guest_kernel()
+    return boot(image, release, GUEST_TESTS, OUT_DIR)
+
+
+@pytest.fixture(scope="module")
+def rt_guest():
+    """The PREEMPT_RT kernel, booted after the generic one."""
+    problem = vm_problem()
+    if problem is None and rt_kernel() is None:
+        problem = ("no /boot/vmlinuz-*-rt-* with its modules: run `make "
+                   "deps-vm` (linux-image-rt-amd64)")
+    if problem:
+        no_vm(problem)
+    image, release = rt_kernel()
+    return boot(image, release, RT_GUEST_TESTS, RT_OUT_DIR)
+
+
+def boot(image, release, tests, out):
+    """Boot image once, run the guest tests in it; a Guest."""
     # Kept after the run: the guest's pytest output, each run's report.
-    out = OUT_DIR
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     workload = workload_ctl.build(out)
@@ -163,7 +226,7 @@ def guest():
         f.write(GUEST_SCRIPT.format(workload=workload, top=TOP, out=out,
                                     tests=" ".join(
                                         "'{}'".format(test)
-                                        for test in GUEST_TESTS)))
+                                        for test in tests)))
     cmd = ["nice", "-n", "10", vng_command(), "-r", image, "--cpus", "2",
            "--memory", "2G", "--rwdir", out, "--", "sh " + script]
     if os.environ.get("KD_VM_KVM") != "1":
@@ -188,6 +251,10 @@ def guest():
 
 
 def test_guest_boots_and_runs_its_tests(guest):
+    check_boot(guest)
+
+
+def check_boot(guest):
     booted = (guest.read("release") or "").strip()
     assert booted == guest.release, (
         "the guest did not boot {} (vng exit {}, {:.0f} s):\n{}".format(
@@ -205,6 +272,10 @@ def junit_name(node_id):
 
 @pytest.mark.parametrize("node_id", GUEST_TESTS)
 def test_in_guest(guest, node_id):
+    check_guest_test(guest, node_id)
+
+
+def check_guest_test(guest, node_id):
     outcome, detail = guest.results().get(junit_name(node_id),
                                           ("not run", ""))
     if outcome != "passed":
@@ -263,3 +334,16 @@ def test_btf_offsets_of_the_guest_kernel(guest, kd, tmp_path):
         want["KD_PID"], want["KD_TGID"], want["KD_STATE"],
         want["KD_STATE_SIZE"], want["KD_ON_CPU"], want["KD_REGS_NR"],
         want["KD_REGS_NR_SIZE"])
+
+
+# ---- The PREEMPT_RT kernel, booted second ----------------------------------
+
+def test_rt_guest_boots_and_runs_its_tests(rt_guest):
+    check_boot(rt_guest)
+    with open(os.path.join(rt_guest.out, "uname-v")) as f:
+        assert "PREEMPT_RT" in f.read()
+
+
+@pytest.mark.parametrize("node_id", RT_GUEST_TESTS)
+def test_in_rt_guest(rt_guest, node_id):
+    check_guest_test(rt_guest, node_id)

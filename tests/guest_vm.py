@@ -20,11 +20,8 @@ import pytest
 
 import report
 import workload_ctl
-from conftest import SCRIPT
-from test_e2e import MSEC, NSEC, leftovers, run_tool
-from test_triggers import TRIGGER_HEADER, deltas
-
-pytestmark = pytest.mark.privileged
+from conftest import (MSEC, NSEC, SCRIPT, TRIGGER_HEADER, deltas, leftovers,
+                      run_tool)
 
 if os.environ.get("KD_IN_GUEST") != "1":
     pytest.skip("runs inside the kernel that make check-vm boots",
@@ -35,11 +32,6 @@ SHORT_CALLS = 13
 GAP = 2.0       # seconds between the burst that opens the window and the
 #                 system call that closes it
 RUN_TIMEOUT = 600   # a compile under emulation takes about 40 s
-
-
-@pytest.fixture(scope="module")
-def workload_bin(tmp_path_factory):
-    return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
 
 
 def without_btf():
@@ -68,18 +60,34 @@ def headers_of_this_kernel():
 
 @pytest.mark.parametrize("offsets", ["btf", "headers"])
 def test_kprobe_window_with_real_headers(workload_bin, offsets):
-    """A kprobe on getsid() opens the window, a kretprobe on getpgid()
-    closes it, GAP seconds later.  The program is compiled against this
-    kernel's own headers; its task_struct offsets come from BTF, or (BTF
-    hidden) from those headers.  Two spinners share a CPU: their run and
-    ready times agree with schedstat."""
+    """The kprobe window, the program compiled against this kernel's own
+    headers; its task_struct offsets come from BTF, or (BTF hidden) from
+    those headers."""
     assert headers_of_this_kernel() == [], "no headers for this kernel"
+    kprobe_window(workload_bin, "kprobe-" + offsets,
+                  without_btf() if offsets == "headers" else None)
+
+
+def preempt_rt():
+    return "PREEMPT_RT" in os.uname().version
+
+
+def test_kprobe_window_on_preempt_rt(workload_bin):
+    """The kprobe window on a PREEMPT_RT kernel, without its headers:
+    the program compiles against the tool's generated include tree."""
+    assert preempt_rt(), os.uname().version
+    kprobe_window(workload_bin, "kprobe-rt")
+
+
+def kprobe_window(workload_bin, name, cmd=None):
+    """A kprobe on getsid() opens the window, a kretprobe on getpgid()
+    closes it, GAP seconds later.  Two spinners share a CPU: their run and
+    ready times agree with schedstat."""
     assert os.cpu_count() >= 2
-    cmd = without_btf() if offsets == "headers" else None
     with workload_ctl.Workload(workload_bin,
                                spin_cpu=os.cpu_count() - 1) as load:
         tids = load.tids()
-        time.sleep(0.3)     # let the spinners settle into sharing
+        load.wait_spinners_sharing()
         marks, stats, failures = {}, {}, []
 
         def schedstat():
@@ -111,7 +119,7 @@ def test_kprobe_window_with_real_headers(workload_bin, offsets):
             on_stop=lambda _proc: stats.setdefault("stop", schedstat()))
         if driver.ident:
             driver.join()
-    keep("kprobe-" + offsets, out + err + "".join(
+    keep(name, out + err + "".join(
         "schedstat {}: {} -> {}\n".format(name, stats.get("start", {}).get(
             name), stats.get("stop", {}).get(name)) for name in tids))
     assert failures == []
@@ -277,4 +285,128 @@ def test_upcall_statistics_on_the_kernel_datapath(kernel_datapath):
     assert sum(thread["SYSCALL"].get("recvmsg", {"count": 0})["count"]
                for name, thread in window.threads.items()
                if name.startswith("handler")) >= missed, out
+    assert leftovers() == []
+
+
+# ---- PREEMPT_RT: a hard interrupt's thread takes the CPU -------------------
+
+SPIN = "import os\nos.sched_setaffinity(0, {1})\nwhile True:\n    pass\n"
+IRQ_CPU = 1
+
+
+def interrupts():
+    """IRQ number -> total count, from /proc/interrupts."""
+    counts = {}
+    with open("/proc/interrupts") as f:
+        ncpu = len(f.readline().split())
+        for line in f:
+            fields = line.split()
+            if fields and fields[0].rstrip(":").isdigit():
+                counts[int(fields[0].rstrip(":"))] = sum(
+                    int(n) for n in fields[1:1 + ncpu] if n.isdigit())
+    return counts
+
+
+def irq_threads():
+    """IRQ number -> {pid: comm} of its irq/N-name threads."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/{}/comm".format(pid)) as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        match = re.fullmatch(r"irq/(\d+)-.*", comm)
+        if pid.isdigit() and match:
+            found.setdefault(int(match.group(1)), {})[int(pid)] = comm
+    return found
+
+
+def file_io(where, seconds):
+    """Requests to the host's file system (9p under virtme-ng): each
+    completion is a virtio interrupt."""
+    deadline = time.monotonic() + seconds
+    path = os.path.join(where, "kd-io")
+    n = 0
+    while time.monotonic() < deadline:
+        with open(path, "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.stat(os.path.join(where, "kd-none-{}".format(n)))
+        except OSError:
+            pass
+        n += 1
+    os.unlink(path)
+
+
+def test_irq_thread_takes_the_cpu_on_preempt_rt():
+    """PREEMPT_RT runs the device interrupt's handler in its irq/N-name
+    thread (SCHED_FIFO), which preempts a spinner on the IRQ's CPU.  The
+    verdict names that thread by vector and device among the tasks that
+    held the spinner's CPU, never as plain contention, and what it says
+    the thread held is within what schedstat says the thread ran."""
+    assert preempt_rt(), os.uname().version
+    where = os.environ.get("KD_VM_OUT") or tempfile.mkdtemp()
+    os.sched_setaffinity(0, {0})
+    # Which threaded IRQ do file system requests raise?
+    threads = irq_threads()
+    before = interrupts()
+    file_io(where, 0.5)
+    grown = {irq: count - before.get(irq, 0)
+             for irq, count in interrupts().items() if irq in threads}
+    irq = max(grown, key=grown.get) if grown else None
+    assert irq is not None and grown[irq] > 0, (grown, threads)
+    pids = threads[irq]
+    with open("/proc/irq/{}/smp_affinity_list".format(irq), "w") as f:
+        f.write(str(IRQ_CPU))
+    spinner = subprocess.Popen(["/usr/bin/python3", "-c", SPIN])
+    stats = {}
+
+    def thread_run():
+        """Run time of each of the IRQ's threads."""
+        ran = {}
+        for pid in pids:
+            with open("/proc/{}/schedstat".format(pid)) as f:
+                ran[pid] = int(f.read().split()[0])
+        return ran
+
+    def load(_proc):
+        stats["start"] = thread_run()
+        file_io(where, 1.5)
+
+    try:
+        time.sleep(0.2)
+        code, out, err = run_tool(
+            ["-p", str(spinner.pid), "--sample-time", "2",
+             "--ready-threshold", "0.01"],
+            on_start=load, on_stop=lambda _proc: stats.setdefault(
+                "stop", thread_run()), timeout=RUN_TIMEOUT)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    keep("irq-thread", out + err + "irq {} threads {}: {}\n".format(
+        irq, pids, stats))
+    assert code == 0, err
+    verdict = out[out.index("# VERDICT"):].replace("\n#   ", " ")
+    label = re.search(r"(irq/{0}-\S*) \((\d+)\) \[hard IRQ {0} ([^\]]+)\] "
+                      r"([\d,.]+) ms".format(irq), verdict)
+    assert label, verdict
+    pid = int(label.group(2))
+    # /proc shows a kernel thread's whole name; the kernel's comm, which
+    # the tool reads, keeps 15 characters.
+    assert pids.get(pid, "").startswith(label.group(1)), (pids, verdict)
+    assert label.group(1) == "irq/{}-{}".format(irq, label.group(3))
+    held = float(label.group(4).replace(",", "")) * MSEC
+    ran = stats["stop"][pid] - stats["start"][pid]
+    assert 0 < held <= ran * 1.10 + MSEC, (held, ran)
+    finding = re.search(r"python3 \({}\) waited ([\d,.]+) ms for a CPU "
+                        r".*?\): ([^;]+);".format(spinner.pid), verdict)
+    assert finding, verdict
+    waited = float(finding.group(1).replace(",", "")) * MSEC
+    if held * 2 > waited:
+        # The IRQ thread alone held the CPU for most of the wait.
+        assert finding.group(2) == "interrupt load, run in kernel " \
+            "threads on this PREEMPT_RT kernel", verdict
     assert leftovers() == []

@@ -8,12 +8,16 @@ SECTION = re.compile(r"^\s+\[([A-Z ]+) STATISTICS\]$")
 BUDGET = re.compile(r"^\s+\[TIME BUDGET\]$")
 HISTOGRAM = re.compile(r"^\s+\[(SYSCALL|READY) HISTOGRAM:? ?(\S*)\]$")
 BUDGET_ROW = re.compile(r"^\s+(\S.*?)\s+(-?[\d,]+)\s+(-?[\d.]+) %$")
-IN_FLIGHT = re.compile(r"^\s+(\S+) in flight ([\d,.]+) ms( \(since before "
-                       r"the window\))?$")
-HIST_ROW = re.compile(r"^\s+([\d,]+) -> ([\d,]+)\s+(\d+)\s+\|")
+IN_FLIGHT = re.compile(r"^\s+(\S+) in flight ([\d,.]+ (?:ns|µs|ms|s))"
+                       r"( \(since before the window\))?$")
+UNIT_MS = {"ns": 1e-6, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+HIST_ROW = re.compile(r"^\s+([\d,]+) -> ([\d,]+)\s+([\d,]+)\s+\|")
 # Lines after # VERDICT that are not part of it.
 NOT_VERDICT = ("# WARNING", "# Start", "# Stop", "# Sample", "# Triggered",
-               "# Interrupted", "# Process", "# Waiting")
+               "# Interrupted", "# Process", "# Waiting", "# NOTE",
+               "# WINDOW", "# ----", "# End of run", "# No thread")
+# An empty table section: its title, then this line.
+EMPTY = "none in this window"
 HEADINGS = ("NAME", "COUNT", "SCHED_CNT", "STOP_CNT", "PART", "ns")
 
 # Column names of the one-row sections.
@@ -58,6 +62,27 @@ class Window:
         self.events = None      # list of parse_event() dicts
         self.more_events = 0
         self.upcalls = None     # RESULT -> (count, {cpu: count})
+        # The overview: tid -> {"name", "on a CPU", "waiting for a CPU",
+        # "interrupts", "stopped", "asleep" (percent), "marked" (the
+        # parts with a *), "top call"}, and the tids in its order.
+        self.overview = {}
+        self.overview_order = []
+        self.left_out = ""      # the line on blocks left out
+
+
+OVERVIEW_PARTS = ("on a CPU", "waiting for a CPU", "interrupts", "stopped",
+                  "asleep")
+
+
+def parse_overview_row(line):
+    cells = line[27:].split()
+    row = {"name": line[11:27].rstrip(), "marked": set(),
+           "top call": cells[5] if len(cells) > 5 else ""}
+    for part, cell in zip(OVERVIEW_PARTS, cells):
+        row[part] = float(cell.rstrip("*"))
+        if cell.endswith("*"):
+            row["marked"].add(part)
+    return int(line[:10]), row
 
 
 def parse(text):
@@ -66,7 +91,10 @@ def parse(text):
     current = Window()
     thread = section = mode = None
     in_verdict = False
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("#   @"):
+            continue        # the time of a line too long to hold it
         if line == "# VERDICT":
             current.verdict, in_verdict = [], True
             continue
@@ -78,6 +106,18 @@ def parse(text):
                 current.verdict.append(line[2:])
                 continue
             in_verdict = False
+        if line.startswith("# OVERVIEW"):
+            mode = "overview"
+            current.headers.append(line)
+            continue
+        if mode == "overview":
+            if not line.strip():
+                mode = None
+            elif re.match(r"^ *\d+ ", line):
+                tid, row = parse_overview_row(line)
+                current.overview[tid] = row
+                current.overview_order.append(tid)
+            continue
         if line.startswith("# SYSCALL EVENTS:"):
             mode, current.events = "events", []
             continue
@@ -115,13 +155,21 @@ def parse(text):
         if line.startswith("# No events from"):
             current.quiet = line
             continue
+        if line.startswith("# The blocks of"):
+            current.left_out = line
+            continue
+        if line.startswith("#   ") and line[4:5] != " " and \
+                current.left_out:
+            current.left_out += " " + line[4:]
+            continue
         # (not a warning's continuation: "#" and 10 spaces)
         if line.startswith("#   ") and line[4:5] != " " and current.quiet:
             current.quiet += " " + line[4:]
             continue
         if line.startswith("# "):
             if thread is not None and ("sample dump" in line.lower() or
-                                       line.startswith("# Start")):
+                                       line.startswith(("# Start",
+                                                        "# WINDOW"))):
                 windows.append(current)
                 current, thread = Window(), None
             current.headers.append(line)
@@ -134,7 +182,17 @@ def parse(text):
         if match:
             tid, name = int(match.group(1)), match.group(2)
             thread = {"tid": tid, "SYSCALL": {}}
-            current.threads[name] = thread
+            # Threads may share a name (OVS has more than one
+            # ovs-vswitchd): the lowest TID, a process's leader, keeps the
+            # name, the others are NAME/TID.
+            other = current.threads.get(name)
+            if other is not None and other["tid"] > tid:
+                current.threads["{}/{}".format(name, other["tid"])] = other
+                current.threads[name] = thread
+            elif other is not None:
+                current.threads["{}/{}".format(name, tid)] = thread
+            else:
+                current.threads[name] = thread
             section = "SYSCALL"
             continue
         if thread is not None and BUDGET.match(line):
@@ -153,10 +211,16 @@ def parse(text):
                 rows.append(tuple(map(number, match.groups())))
             continue
         if section == "TIME BUDGET" and thread is not None:
+            if " in flight " in line:
+                # (may go on on the lines below, indented further)
+                for more in lines[index + 1:]:
+                    if not re.match(r"^ {30}\S", more):
+                        break
+                    line += " " + more.strip()
             match = IN_FLIGHT.match(line)
             if match:
                 thread[section]["in flight"].append(
-                    (match.group(1), float(match.group(2).replace(",", "")),
+                    (match.group(1), duration_ms(match.group(2)),
                      bool(match.group(3))))
                 continue
             match = BUDGET_ROW.match(line)
@@ -171,12 +235,13 @@ def parse(text):
                                                 "SOFT IRQ") else None
             continue
         words = line.split()
-        if not words or thread is None or words[0] in HEADINGS:
+        if not words or thread is None or words[0] in HEADINGS or \
+                line.strip() == EMPTY:
             continue
         if words[0] == "NOTE:":
-            match = re.search(r"did not report (\d+) switch", line)
+            match = re.search(r"did not report ([\d,]+) switch", line)
             if match:
-                thread["LOST"] = int(match.group(1))
+                thread["LOST"] = number(match.group(1))
             continue
         if thread.get("LOST") is not None and section == "THREAD READY" \
                 and not words[0].isdigit():
@@ -199,3 +264,30 @@ def parse(text):
         windows.append(current)
     return [w for w in windows if w.threads or w.skipped or
             any("dump" in h for h in w.headers)]
+
+
+def unwrap(text):
+    """text with each of the tool's lines whole again: a "#   "
+    continuation joined to the line before it."""
+    return re.sub(r"\n#   (?=\S)", " ", text)
+
+
+def duration_ms(text):
+    """'5.0 µs' (the report's durations) in ms, as shown."""
+    value, unit = text.split()
+    return round(float(value.replace(",", "")) * UNIT_MS[unit], 6)
+
+
+def shown(ns):
+    """ns as the report's sentences show it: in s with 2 decimals, in ms
+    or µs with 1."""
+    for unit, digits in (("s", 2), ("ms", 1)):
+        size = 1e6 * UNIT_MS[unit]
+        if ns >= size - size / 20000:
+            return "{:,.{}f} {}".format(ns / size, digits, unit)
+    return "{:,.1f} µs".format(ns / 1000)
+
+
+def shown_ms(ns):
+    """ns in ms, rounded as the report shows it."""
+    return duration_ms(shown(ns))

@@ -12,19 +12,12 @@ import time
 import pytest
 
 import workload_ctl
-from test_e2e import (MSEC, NSEC, Capture, run_tool, sigstop_window,
-                      spin_cpu)
 import report
-
-pytestmark = pytest.mark.privileged
+from conftest import (MSEC, NSEC, Capture, assert_agrees, run_tool,
+                      sigstop_window, spin_cpu)
 
 PARTS = ("on a CPU", "waiting for a CPU", "asleep in system calls",
          "stopped")
-
-
-@pytest.fixture(scope="module")
-def workload_bin(tmp_path_factory):
-    return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
 
 
 def budget(thread):
@@ -59,7 +52,7 @@ def assert_adds_up(thread, window_ns):
 def spinning(workload_bin):
     """A 2 s window over the workload, with two spinners on one CPU."""
     with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
-        time.sleep(0.3)     # let the spinners settle into sharing
+        load.wait_spinners_sharing()
         yield Capture(load, ["--sample-time", "2"])
 
 
@@ -78,9 +71,9 @@ def test_budget_adds_up_to_the_window(spinning):
 def test_waiting_share_matches_schedstat(spinning, name):
     thread = spinning.thread(name)
     waited = spinning.delta(name, 1)
-    assert waited > 0.6 * NSEC
-    assert abs(budget(thread)["waiting for a CPU"][0] - waited) <= \
-        0.10 * waited
+    assert waited > 0.2 * NSEC
+    assert_agrees(budget(thread)["waiting for a CPU"][0], waited, 0.10,
+                  spinning.skew(), thread.get("LOST", 0), spinning.out)
     # Spinners never sleep.
     assert budget(thread)["asleep in system calls"][0] == 0
 
@@ -94,9 +87,12 @@ def test_verdict_names_the_other_spinner(spinning):
         assert len(mine) == 1, found
         assert "CPU contention" in mine[0]
         assert "threshold 5 %" in mine[0]
-        # The other spinner held the CPU most of the time.
-        assert "meanwhile its CPU ran {} ({})".format(
-            other, tids[other]) in mine[0], mine[0]
+        # The other spinner is named among those that held the CPU while
+        # this one waited (not necessarily first: on a loaded machine a
+        # CPU hog takes as many turns).
+        held = mine[0].split("meanwhile its CPU ran ", 1)[1]
+        assert re.search(r"(^|, ){} \({}\) [\d.]+ (ns|µs|ms|s)\b".format(
+            other, tids[other]), held), mine[0]
     # The sleepers wait for microseconds: no finding.
     assert all(text.startswith(("kd-spin1", "kd-spin2")) for text in found)
 
@@ -133,8 +129,9 @@ def test_stopped_time_and_its_signal(workload_bin):
         # Stopped until SIGCONT woke it: the wait for a CPU after that is
         # in "waiting for a CPU" only.
         assert abs(rows["stopped"][0] - stopped_for) < 30 * MSEC, name
-        assert "{} ({}) {:,.1f} ms".format(
-            name, capture.tids[name], rows["stopped"][0] / MSEC) in stops
+        assert "{} ({}) {}".format(
+            name, capture.tids[name], report.shown(rows["stopped"][0])) \
+            in stops
     # The whole process was stopped: one paragraph names the signal and
     # who sent it (this test, from its main thread).
     assert stops.startswith("{} threads were stopped by SIGSTOP from "
@@ -160,7 +157,7 @@ def test_interrupt_load_names_the_vector(workload_bin):
             if text.startswith("kd-udp ({})".format(capture.tids["kd-udp"]))]
     irq = [text for text in mine if "interrupt load" in text]
     assert len(irq) == 1, capture.windows[0].verdict
-    assert re.search(r"most of it soft IRQ net_rx [\d,.]+ ms", irq[0])
+    assert re.search(r"most of it soft IRQ net_rx [\d,.]+ (µs|ms)", irq[0])
     assert "/proc/softirqs" in irq[0]
 
 
@@ -177,14 +174,18 @@ def test_quiet_on_an_idle_workload(workload_bin):
 
 def test_thresholds_are_options(workload_bin):
     """The idle workload's sleepers wait for a CPU now and then: with a
-    threshold of 0 % that is a finding."""
+    threshold of 0 % and no floor that is a finding."""
     with workload_ctl.Workload(workload_bin) as load:
         capture = Capture(load, ["--sample-time", "0.5",
-                                 "--ready-threshold", "0"])
+                                 "--ready-threshold", "0",
+                                 "--ready-floor", "0"])
     found = findings(capture.windows[0])
-    assert any(text.startswith("kd-sleep ({}) waited".format(
-        capture.tids["kd-sleep"])) and "threshold 0 %" in text
-        for text in found), found
+    # Its own paragraph, or named in a group's (four or more threads of
+    # the same cause share one).
+    sleep = "kd-sleep ({})".format(capture.tids["kd-sleep"])
+    assert any((text.startswith(sleep + " waited") or
+                (" threads of kd-main waited " in text and sleep in text))
+               and "threshold 0 %" in text for text in found), found
 
 
 def test_histograms(workload_bin):
@@ -203,7 +204,11 @@ def test_histograms(workload_bin):
     assert [(low, high, n) for low, high, n in sleeps if n] == [
         (16777216, 33554431, count)]
     ready = thread["READY HISTOGRAM"]["ready"]
-    assert sum(n for _, _, n in ready) == thread["THREAD READY"]["count"]
+    # The two tables are read one after the other as the window closes: a
+    # switch in progress on the other CPU may be in one and not yet in the
+    # other (documented under --histogram).
+    assert abs(sum(n for _, _, n in ready) -
+               thread["THREAD READY"]["count"]) <= 1
 
 
 def test_quiet_threads_have_a_budget(workload_bin):
@@ -291,3 +296,81 @@ def test_stopped_before_the_window_continued_inside(workload_bin):
         assert 0.28 * NSEC < rows["stopped"][0] < 0.36 * NSEC, name
     (stops,) = [text for text in findings(window) if "stopped" in text]
     assert "by a signal sent before the window opened" in stops
+
+
+def test_who_held_the_cpu_is_complete_on_a_saturated_crowd(workload_bin):
+    """2,000 threads, each making a dozen system calls then a 10 ms poll(),
+    saturate the CPUs and each wait behind hundreds of others: every
+    contention finding attributes at least 95 % of its wait to who held
+    the CPU (by name or by class), and the holder bookkeeping cannot fill
+    a table.  (One CI run had one thread of 2,000 at 94.96 % while a
+    wakeup restarted a CPU's account: the threads queued since before the
+    window lost a turn of their wait at each restart.)"""
+    with workload_ctl.Workload(workload_bin) as load:
+        assert load.command("crowd 2000 10", timeout=120) == "ok crowd 2000"
+        time.sleep(0.5)
+        code, out, err = run_tool(["--format", "json", "-p", str(load.pid),
+                                   "--sample-time", "1"], timeout=600)
+    assert code == 0, err
+    docs = [json.loads(line) for line in out.splitlines() if line.strip()]
+    (sample,) = [doc for doc in docs if doc.get("verdict")]
+    cpu = [f for f in sample["verdict"]["findings"] if f["kind"] == "cpu"]
+    assert len(cpu) >= 100, "the crowd did not saturate the CPUs"
+    total = waited = 0
+    for finding in cpu:
+        held = finding["held_by"]
+        named = sum(holder["ns"] for holder in finding["holders"])
+        attributed = named + held["target_ns"] + held["other_ns"] + \
+            held["idle_ns"]
+        assert attributed >= 0.95 * finding["ns"], finding
+        assert held["unattributed_ns"] <= 0.05 * finding["ns"], finding
+        total += attributed
+        waited += finding["ns"]
+    assert total >= 0.95 * waited, (total, waited)
+    # Nothing of the bookkeeping is per (thread, holder) any more: no
+    # table can fill (the old holders table failed 777,783 updates here).
+    assert "(table full)" not in out + err
+
+
+def tool_policy(pid):
+    """The scheduling policy of process pid (0 SCHED_OTHER, 1 SCHED_FIFO),
+    field 41 of /proc/PID/stat."""
+    with open("/proc/{}/stat".format(pid)) as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[38])
+
+
+@pytest.mark.parametrize("keep", [False, True],
+                         ids=["boosted", "keep-priority"])
+def test_priority_boost_stays_out_of_the_window(workload_bin, keep):
+    """The tool runs as SCHED_FIFO 1 while it compiles and reports and as
+    it was started inside the window; --keep-priority never boosts.  The
+    window's numbers are the same either way: two spinners sharing a CPU
+    waited what schedstat says they waited, within 10 %."""
+    policies = {}
+    with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
+        load.wait_spinners_sharing()
+        tids = load.tids()
+        spinners = ("kd-spin1", "kd-spin2")
+
+        def at(edge):
+            def record(proc):
+                policies[edge] = tool_policy(proc.pid)
+                policies[edge + " schedstat"] = {
+                    name: workload_ctl.read_schedstat(load.pid, tids[name])
+                    for name in spinners}
+            return record
+
+        code, out, err = run_tool(
+            ["-p", str(load.pid), "--sample-time", "1"] +
+            (["--keep-priority"] if keep else []),
+            on_start=at("start"), on_stop=at("stop"), timeout=300)
+    assert code == 0, err
+    assert policies["start"] == 0
+    assert policies["stop"] == (0 if keep else 1)
+    threads = report.parse(out)[0].threads
+    for name in spinners:
+        waited = policies["stop schedstat"][name][1] - \
+            policies["start schedstat"][name][1]
+        assert waited > 0.1 * NSEC
+        assert_agrees(budget(threads[name])["waiting for a CPU"][0], waited,
+                      0.10, 0, threads[name].get("LOST", 0), out)

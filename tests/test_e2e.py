@@ -12,129 +12,16 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 import pytest
 
 import report
 import workload_ctl
-from conftest import SCRIPT, TOP
-
-pytestmark = pytest.mark.privileged
-
-NSEC = 1000 * 1000 * 1000
-MSEC = 1000 * 1000
-BURST = 997         # a prime: an exact count no rounding can produce
-DATAGRAMS = 101
-SHORT_CALLS = 13
-
-
-def run_tool(args, on_start=None, on_stop=None, timeout=90, cmd=None,
-             env=None, on_waiting=None):
-    """Run kernel_delay.py; call on_start/on_stop(process) when the window
-    opens and closes, on_waiting when it waits for a start trigger.
-    Returns (exit code, stdout, stderr)."""
-    cmd = (cmd or [SCRIPT]) + list(args)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True,
-                            bufsize=1, cwd=TOP, env=env)
-    RUN_PIDS.append(proc.pid)
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("# Start sampling") and on_start:
-                on_start(proc)
-            elif line.startswith("# Stop sampling") and on_stop:
-                on_stop(proc)
-            elif line.startswith("# Waiting for start") and on_waiting:
-                on_waiting(proc)
-        stderr = proc.stderr.read()
-        code = proc.wait()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-    return code, "".join(lines), stderr
-
-
-@pytest.fixture(scope="session")
-def workload_bin(tmp_path_factory):
-    return workload_ctl.build(str(tmp_path_factory.mktemp("workload")))
-
-
-def spin_cpu():
-    return os.cpu_count() - 1
-
-
-def tracefs_mounts():
-    with open("/proc/mounts") as mounts:
-        return sorted(line.split()[1] for line in mounts
-                      if line.split()[2] == "tracefs")
-
-
-# Tools started by these tests (the script re-executes itself in place,
-# so the PID stays the same).
-RUN_PIDS = []
-
-
-def leftovers():
-    """Traces of the tests' runs: temporary trees, probe definitions."""
-    prefixes = tuple("kernel_delay.{}.".format(pid) for pid in RUN_PIDS)
-    found = [name for tmp in (tempfile.gettempdir(), "/dev/shm")
-             if os.path.isdir(tmp)
-             for name in os.listdir(tmp) if name.startswith(prefixes)]
-    for path in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        for table in ("uprobe_events", "kprobe_events"):
-            try:
-                with open(os.path.join(path, table)) as events:
-                    found += [line.strip() for line in events
-                              if line.strip()]
-            except OSError:
-                pass
-    return found
-
-
-class Capture:
-    """One run of the tool over a workload, with schedstat at the window
-    edges."""
-
-    def __init__(self, workload, args, actions=()):
-        self.workload = workload
-        self.tids = workload.tids()
-        self.start = self.stop = None
-        self.actions = actions
-        self.before_mounts = tracefs_mounts()
-        self.code, self.out, self.err = run_tool(
-            ["-p", str(workload.pid)] + list(args),
-            on_start=self._on_start, on_stop=self._on_stop)
-        self.windows = report.parse(self.out)
-
-    def schedstat(self):
-        return {name: workload_ctl.read_schedstat(self.workload.pid, tid)
-                for name, tid in self.tids.items()}
-
-    def _on_start(self, _proc):
-        self.start = self.schedstat()
-        for action in self.actions:
-            action(self.workload)
-
-    def _on_stop(self, _proc):
-        self.stop = self.schedstat()
-
-    def thread(self, name):
-        assert self.code == 0, self.err
-        assert len(self.windows) == 1, self.out
-        threads = self.windows[0].threads
-        assert name in threads, "{} missing from:\n{}".format(name, self.out)
-        return threads[name]
-
-    def delta(self, name, column):
-        return self.stop[name][column] - self.start[name][column]
+from conftest import (BURST, DATAGRAMS, MSEC, NSEC, SCRIPT, SHORT_CALLS,
+                      Capture, assert_agrees, leftovers, one_error_line,
+                      run_tool, sigstop_window, spin_cpu, tracefs_mounts,
+                      wait_named)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +44,7 @@ def busy(workload_bin):
         short_tids.append(int(answer[3]))
 
     with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
-        time.sleep(0.3)     # let the spinners settle into sharing
+        load.wait_spinners_sharing()
         capture = Capture(load, ["--sample-time", "2"], (burst, udp, short))
         capture.short_tid = short_tids[0]
         yield capture
@@ -214,19 +101,29 @@ def test_long_poll_is_the_gap_between_polls(busy):
 
 @pytest.mark.parametrize("name", ["kd-spin1", "kd-spin2"])
 def test_run_and_ready_match_schedstat(busy, name):
+    """Two spinners on one CPU: each runs about half the time, and waits
+    the other half; the tool's run and ready periods agree with the
+    kernel's own totals within 10 %.  A switch the kernel did not report
+    (the thread's NOTE says so) leaves a period out: then the report can
+    only be lower."""
     thread = busy.thread(name)
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited = busy.delta(name, 0), busy.delta(name, 1)
-    # Two spinners on one CPU: each runs about half the time, and waits
-    # the other half.
-    assert on_cpu > 0.6 * NSEC and waited > 0.6 * NSEC
-    assert abs(run["total"] - on_cpu) <= 0.10 * on_cpu
-    assert abs(ready["total"] - waited) <= 0.10 * waited
-    assert abs(run["count"] - ready["count"]) <= 1
+    # On a loaded machine other tasks take their turns too.
+    assert on_cpu > 0.2 * NSEC and waited > 0.2 * NSEC
+    skew = busy.skew()      # schedstat is read a little after the edges
+    lost = thread.get("LOST", 0)
+    # Unreported switches are rare next to the hundreds of periods.
+    assert lost <= 3 + 0.05 * run["count"], busy.out
+    assert_agrees(run["total"], on_cpu, 0.10, skew, lost, busy.out)
+    assert_agrees(ready["total"], waited, 0.10, skew, lost, busy.out)
+    assert abs(run["count"] - ready["count"]) <= 1 + lost
     assert run["min"] <= run["max"] <= run["total"]
     # Always running or queued: with the periods cut by the window edges
-    # counted, the two add up to the 2 s window.
-    assert abs(run["total"] + ready["total"] - 2 * NSEC) < 0.02 * NSEC
+    # counted, the two add up to the 2 s window (less any period left out).
+    both = run["total"] + ready["total"]
+    assert both <= 2.02 * NSEC, busy.out
+    assert lost or both > 1.98 * NSEC, busy.out
     assert ready["max"] <= ready["total"]
 
 
@@ -245,11 +142,8 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
                               for column in range(3))
     lost = thread.get("LOST", 0)
     assert abs(run["count"] - slices) <= 2 + lost
-    both = on_cpu + waited
-    if lost:
-        assert run["total"] + ready["total"] <= 1.10 * both
-    else:
-        assert abs(run["total"] + ready["total"] - both) <= 0.10 * both
+    assert_agrees(run["total"] + ready["total"], on_cpu + waited, 0.10,
+                  busy.skew(), lost, busy.out)
     assert run["total"] <= on_cpu
 
 
@@ -298,24 +192,6 @@ def test_several_windows(workload_bin):
         sleeps = window.threads["kd-sleep"]["SYSCALL"]["clock_nanosleep"]
         assert 13 <= sleeps["count"] <= 15         # 0.3 s / 20 ms
         assert sleeps["total"] < 0.3 * NSEC
-
-
-def sigstop_window(workload_bin):
-    """A 1 s window in which the workload is stopped (SIGSTOP) for 0.3 s:
-    (Capture, ns from SIGSTOP to SIGCONT)."""
-    times = {}
-
-    def stop_and_continue(workload):
-        time.sleep(0.1)
-        times["stop"] = time.monotonic()
-        os.kill(workload.pid, signal.SIGSTOP)
-        time.sleep(0.3)
-        times["cont"] = time.monotonic()
-        os.kill(workload.pid, signal.SIGCONT)
-
-    with workload_ctl.Workload(workload_bin) as load:
-        capture = Capture(load, ["--sample-time", "1"], (stop_and_continue,))
-    return capture, (times["cont"] - times["stop"]) * NSEC
 
 
 def test_sigstop_sigcont_is_stopped_time(workload_bin):
@@ -414,13 +290,6 @@ def test_mounts_tracefs_when_needed_and_restores(workload_bin):
     assert result.stdout.split() == ["0", "0"], result.stderr
 
 
-def one_error_line(code, err, expected_code, fragment):
-    assert code == expected_code, err
-    assert err.count("\n") == 1 and err.startswith("ERROR: "), err
-    assert "Traceback" not in err
-    assert fragment in err
-
-
 def test_error_no_such_pid():
     code, out, err = run_tool(["-p", "999999999"])
     one_error_line(code, err, os.EX_NOINPUT, "does not exist")
@@ -428,7 +297,7 @@ def test_error_no_such_pid():
 
 
 def test_error_no_such_process_name():
-    code, out, err = run_tool(["--process-name", "kd-no-such-process"])
+    code, out, err = run_tool(["--process", "kd-no-such-process"])
     one_error_line(code, err, os.EX_NOINPUT,
                    "no running kd-no-such-process process")
 
@@ -448,8 +317,8 @@ def test_error_several_processes_of_that_name(tmp_path):
     twin.symlink_to("/bin/sleep")
     sleepers = [subprocess.Popen([str(twin), "30"]) for _ in range(2)]
     try:
-        time.sleep(0.2)
-        code, out, err = run_tool(["--process-name", "kd-twin"])
+        wait_named(sleepers, "kd-twin")
+        code, out, err = run_tool(["--process", "kd-twin"])
     finally:
         for sleeper in sleepers:
             sleeper.kill()
@@ -468,39 +337,15 @@ def test_error_thread_id_instead_of_process_id(workload_bin):
                        tid, load.pid, load.pid))
 
 
-def test_error_not_root():
+def test_error_not_root(script_for_nobody):
     code, out, err = run_tool(
         ["-p", "1"], cmd=["setpriv", "--reuid=65534", "--regid=65534",
-                          "--clear-groups", sys.executable, SCRIPT])
+                          "--clear-groups", sys.executable,
+                          script_for_nobody])
     one_error_line(code, err, os.EX_NOPERM, "sudo")
 
 
 # ---- Real Open vSwitch ------------------------------------------------------
-
-OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
-OVS_PIDFILE = "/var/run/openvswitch/ovs-vswitchd.pid"
-
-
-@pytest.fixture(scope="module")
-def ovs():
-    """A running ovs-vswitchd with a userspace (netdev) bridge."""
-    if not os.path.exists(OVS_CTL):
-        pytest.fail("openvswitch-switch is not installed (make deps)")
-    started = subprocess.run([OVS_CTL, "status"],
-                             stdout=subprocess.DEVNULL).returncode != 0
-    if started:
-        subprocess.run([OVS_CTL, "start", "--system-id=random"], check=True,
-                       stdout=subprocess.DEVNULL)
-    subprocess.run(["ovs-vsctl", "--may-exist", "add-br", "br-kd", "--",
-                    "set", "bridge", "br-kd", "datapath_type=netdev"],
-                   check=True)
-    time.sleep(1)           # handler and revalidator threads start
-    with open(OVS_PIDFILE) as pidfile:
-        yield int(pidfile.read())
-    subprocess.run(["ovs-vsctl", "--if-exists", "del-br", "br-kd"])
-    if started:
-        subprocess.run([OVS_CTL, "stop"], stdout=subprocess.DEVNULL)
-
 
 def test_finds_ovs_vswitchd_and_reports_its_threads(ovs):
     code, out, err = run_tool(["--sample-time", "2"])

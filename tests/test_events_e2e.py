@@ -10,15 +10,8 @@ import re
 import pytest
 
 import report
-import test_e2e
 import workload_ctl
-from test_e2e import MSEC, Capture, leftovers, run_tool
-
-pytestmark = pytest.mark.privileged
-
-# The fixtures of test_e2e: the workload binary, a running ovs-vswitchd.
-workload_bin = test_e2e.workload_bin
-ovs = test_e2e.ovs
+from conftest import MSEC, Capture, leftovers, run_tool
 
 NAPS = 7            # kd-nap sleeps of a known length (tests/workload.c)
 NAP_MS = 25
@@ -58,9 +51,9 @@ def warnings_of(out, head="# WARNING: "):
 
 def dropped(out, head="# WARNING: "):
     """The counts of the ring buffer warnings in out."""
-    return [int(match.group(1)) for match in (
-        re.match(r"(\d+) events? (?:was|were) dropped: the ring buffer was "
-                 r"full; increase --buffer-page-count\.$", text)
+    return [report.number(match.group(1)) for match in (
+        re.match(r"([\d,]+) events? (?:was|were) dropped: the ring buffer "
+                 r"was full; increase --buffer-page-count\.$", text)
         for text in warnings_of(out, head)) if match]
 
 
@@ -184,11 +177,11 @@ def test_lost_stacks_are_marked_and_counted(workload_bin):
     texts = [text for text in warnings_of(capture.out)
              if "stack trace" in text]
     assert len(texts) == 1, capture.out
-    match = re.match(r"(\d+) stack traces? (?:was|were) lost \(the stack "
+    match = re.match(r"([\d,]+) stack traces? (?:was|were) lost \(the stack "
                      r"map was full, or two stacks hashed to the same slot\); "
                      r"increase --stack-trace-size\.$", texts[0])
     assert match, texts[0]
-    assert int(match.group(1)) == len(marks) > 0
+    assert report.number(match.group(1)) == len(marks) > 0
 
 
 def test_tiny_ring_buffer_drops_are_counted_and_statistics_stay_right(
@@ -252,7 +245,7 @@ def test_upcall_statistics_or_one_line_why_not(ovs):
     code, out, err = run_tool(["--sample-time", "0.3"])
     assert code == 0 and err == "", err
     assert "Traceback" not in out + err
-    skipped = [line for line in out.splitlines()
+    skipped = [line for line in report.unwrap(out).splitlines()
                if line.startswith("# Upcall statistics skipped")]
     if not kprobes_here():
         assert skipped == ["# Upcall statistics skipped: the kernel has no "

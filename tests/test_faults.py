@@ -21,11 +21,9 @@ import pytest
 import bpf_objects
 import report
 import workload_ctl
-from conftest import SCRIPT, TOP, load_script
-from test_e2e import RUN_PIDS, leftovers, run_tool
-from test_json_e2e import run_json
-
-pytestmark = pytest.mark.privileged
+from conftest import (RUN_PIDS, SCRIPT, TOP, file_text, leftovers,
+                      one_error_line, run_json, run_tool, start_tool,
+                      stderr_line, wait_until)
 
 F_SETPIPE_SZ = 1031
 
@@ -47,9 +45,12 @@ class Tool:
     """kernel_delay.py running in the background, read line by line."""
 
     def __init__(self, args, pipe_size=None):
+        # Unbuffered: communicate() in finish() reads the pipe itself, and
+        # would lose what a buffered readline() had read ahead (on a busy
+        # machine the tool writes past the line awaited before we read).
         self.proc = subprocess.Popen(
             [SCRIPT] + list(args), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=TOP)
+            stderr=subprocess.PIPE, cwd=TOP, bufsize=0)
         RUN_PIDS.append(self.proc.pid)
         if pipe_size:
             fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, pipe_size)
@@ -89,26 +90,24 @@ class Tool:
         self.proc.stderr.close()
 
 
-def wait_until(predicate, timeout=30, step=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
 def trees_of(pid):
     return [path for parent in ("/dev/shm", tempfile.gettempdir())
             for path in glob.glob(os.path.join(
                 parent, "kernel_delay.{}.*".format(pid)))]
 
 
-def compiling(pid):
+@pytest.fixture(scope="module")
+def headers(kd):
+    """The kernel's headers are installed (no include tree is made)."""
+    return kd.headers_available()
+
+
+def compiling(pid, headers):
     """The tool is compiling: its include tree exists (when the kernel's
     headers are not installed), or it has mapped libbcc and holds no BPF
-    object yet."""
-    if not load_script().headers_available():
+    object yet.  Cheap: wait_until() asks every 10 ms while the compiler
+    runs, and compiling takes seconds."""
+    if not headers:
         return bool(trees_of(pid))
     try:
         with open("/proc/{}/maps".format(pid)) as maps:
@@ -168,7 +167,7 @@ def test_target_exits_inside_a_window(load):
                                         "%Y-%m-%dT%H:%M:%S")) + \
         float("0" + match.group(1)[19:])
     assert 0 <= noticed - quit_at["local"] < 2
-    assert out.count("# Sample dump @") == 1
+    assert out.count("# Sample dump @") == 1, out
     assert held and bpf_objects.still_there(held) == set()
     assert leftovers() == []
 
@@ -227,7 +226,7 @@ def test_target_restarts_between_windows(workload_copy):
         "windows above are all that was captured; it was restarted as " \
         "process {}: run the tool again with -p {}\n".format(
             first.pid, new, new)
-    assert out.count("# Sample dump @") == 1
+    assert out.count("# Sample dump @") == 1, out
     assert "# Start sampling" in out.split("# Sample dump")[0]
     assert out.count("# Start sampling") == 1
     assert leftovers() == []
@@ -237,12 +236,12 @@ def test_target_restarts_between_windows(workload_copy):
 
 @pytest.mark.parametrize("signals", [
     (signal.SIGINT,), (signal.SIGTERM, signal.SIGINT)])
-def test_signals_while_compiling(load, signals):
+def test_signals_while_compiling(load, headers, signals):
     """A signal while the program compiles takes effect once it is loaded
     (a second one changes nothing): a clean end, nothing attached."""
     tool = Tool(["-p", str(load.pid), "--sample-time", "30"])
     try:
-        assert wait_until(lambda: compiling(tool.proc.pid))
+        assert wait_until(lambda: compiling(tool.proc.pid, headers))
         for signum in signals:
             tool.proc.send_signal(signum)
             time.sleep(0.02)
@@ -323,7 +322,7 @@ def test_second_signal_during_a_report_exits_at_once(load, signum):
         tool.kill()
     assert (code, err) == (128 + signum, "")
     assert "# Interrupted" not in out
-    assert out.count("# Sample dump @") == 1
+    assert out.count("# Sample dump @") == 1, out
     assert_nothing_left(tool)
 
 
@@ -346,14 +345,14 @@ def test_sigkill_in_a_window_leaves_nothing(load):
     assert_nothing_left(tool)
 
 
-def test_sigkill_while_compiling_then_next_run_cleans_up(load):
+def test_sigkill_while_compiling_then_next_run_cleans_up(load, headers):
     """The one window where SIGKILL leaves a file: the include tree while
     the compiler reads it.  The next run removes it."""
-    if load_script().headers_available():
+    if headers:
         pytest.skip("kernel headers are installed: no include tree")
     tool = Tool(["-p", str(load.pid), "--sample-time", "30"])
     try:
-        assert wait_until(lambda: compiling(tool.proc.pid))
+        assert wait_until(lambda: compiling(tool.proc.pid, headers))
         os.kill(tool.proc.pid, signal.SIGKILL)
         tool.proc.wait(timeout=5)
     finally:
@@ -365,14 +364,73 @@ def test_sigkill_while_compiling_then_next_run_cleans_up(load):
     assert leftovers() == []
 
 
+# ---- SIGHUP and --output FIFO ---------------------------------------------
+
+def test_sighup_finishes_the_window_and_writes_the_report(tmp_path):
+    """An ssh session that drops sends SIGHUP: the window open then is
+    reported in full to --output, and the run ends cleanly."""
+    path = str(tmp_path / "report.txt")
+    proc = start_tool(["-p", str(os.getpid()), "--sample-time", "30",
+                       "--output", path])
+    try:
+        assert wait_until(lambda: "# Start sampling" in file_text(path),
+                          timeout=60)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    # Standard error has the progress lines only (no error).
+    assert proc.returncode == 0, err
+    assert "# Stop sampling (interrupted)" in err
+    assert all(line.startswith("#") for line in err.splitlines()), err
+    text = file_text(path)
+    assert "# Stop sampling (interrupted)" in text
+    assert "# Sample dump @" in text and "\n# VERDICT\n" in text
+    assert text.endswith("\n# Interrupted\n")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT,
+                                    signal.SIGHUP])
+def test_fifo_without_reader_ends_on_a_signal(tmp_path, signum):
+    """--output FIFO that no one opens: the tool waits, saying so, and a
+    signal ends the wait (a blocking open() would hang for good)."""
+    fifo = str(tmp_path / "report.fifo")
+    os.mkfifo(fifo)
+    proc = start_tool(["-p", str(os.getpid()), "--output", fifo])
+    try:
+        line = stderr_line(proc, timeout=20)
+        proc.send_signal(signum)
+        # Without the fix, the open() blocks and this times out.
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line == "# Waiting for a reader of the FIFO {}\n".format(fifo)
+    assert (proc.returncode, out, err) == (0, "# Interrupted\n", "")
+
+
+def test_fifo_gets_the_report_once_read(tmp_path):
+    fifo = str(tmp_path / "report.fifo")
+    os.mkfifo(fifo)
+    proc = start_tool(["-p", str(os.getpid()), "--sample-time", "0.1",
+                       "--output", fifo])
+    try:
+        assert stderr_line(proc).startswith("# Waiting for a reader")
+        with open(fifo) as reader:
+            text = reader.read()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out) == (0, "")
+    # Standard error has the progress lines only (no error).
+    assert err.startswith("# Start sampling"), err
+    assert all(line.startswith("#") for line in err.splitlines()), err
+    assert "# Sample dump @" in text and "\n# VERDICT\n" in text
+
+
 # ---- Environment errors -----------------------------------------------------
-
-def one_error_line(code, err, expected_code, fragment):
-    assert code == expected_code, err
-    assert err.count("\n") == 1 and err.startswith("ERROR: "), err
-    assert "; " in err         # what; how to fix
-    assert fragment in err
-
 
 def in_private_mounts(setup, args, prefix=""):
     """Run the tool (behind prefix) after shell commands setup, in a
@@ -382,8 +440,8 @@ def in_private_mounts(setup, args, prefix=""):
     return run_tool([], cmd=["unshare", "--mount", "sh", "-c", script])
 
 
-def test_error_no_btf_and_no_headers(load):
-    if load_script().headers_available():
+def test_error_no_btf_and_no_headers(load, headers):
+    if headers:
         pytest.skip("kernel headers are installed")
     code, out, err = in_private_mounts(
         "mount -t tmpfs none /sys/kernel/btf", ["-p", str(load.pid)])
@@ -391,6 +449,22 @@ def test_error_no_btf_and_no_headers(load):
                    "this kernel has no BTF (/sys/kernel/btf/vmlinux) and "
                    "no headers are installed for it")
     assert out == ""
+
+
+def test_no_headers_at_all(load):
+    """Neither the kernel's headers nor the C library's copy of them (a
+    bare container): the tool generates what BCC includes, USDT argument
+    readers too."""
+    hide = " && ".join("mount -t tmpfs none " + path for path in (
+        "/usr/include", "/lib/modules", "/usr/src"))
+    code, out, err = in_private_mounts(
+        hide + " && ! test -e /usr/include/linux/types.h",
+        ["-p", str(load.pid), "--start-trigger", "u:kd_workload:op_start",
+         "--sample-time", "0.2"])
+    assert code == 0, err
+    assert re.search(r"^# Start sampling \(trigger@\d+\)", out, re.M), out
+    assert "kd-sleep" in report.parse(out)[0].threads
+    assert leftovers() == []
 
 
 def test_error_tracefs_cannot_be_mounted(load):
@@ -406,14 +480,14 @@ def test_error_tracefs_cannot_be_mounted(load):
     assert out == ""
 
 
-def test_ring_buffers_are_detected():
-    assert load_script().ringbuf_supported() is True
+def test_ring_buffers_are_detected(kd):
+    assert kd.ringbuf_supported() is True
 
 
-def test_error_process_is_a_zombie():
+def test_error_process_is_a_zombie(kd):
     zombie = subprocess.Popen(["true"])
     try:
-        assert wait_until(lambda: not load_script().process_alive(
+        assert wait_until(lambda: not kd.process_alive(
             zombie.pid), timeout=5)
         code, out, err = run_tool(["-p", str(zombie.pid)])
     finally:
@@ -462,3 +536,41 @@ def test_odd_thread_names_from_the_kernel(load):
     names = {thread["tid"]: thread["name"] for thread in sample["threads"]}
     assert names[main_tid] == LIVE_SHOWN
     assert names[exited[1]] == EXITED_SHOWN
+
+
+# A program clang compiles and this kernel's verifier rejects: the pointer
+# may walk 512 KiB past an 8-byte map value.
+REJECTED_PROGRAM = r"""
+BPF_ARRAY(kd_counts, u64, 4);
+TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
+    u32 slot = args->id & 3;
+    u64 *value = kd_counts.lookup(&slot);
+    if (!value)
+        return 0;
+    value += args->id & 0xffff;
+    *value += 1;
+    return 0;
+}
+"""
+
+
+def test_a_rejected_program_is_told_in_the_verifiers_words(kd):
+    """The load error names the program and the verifier's reason, as this
+    kernel's verifier words it, and blames neither ring buffers nor the
+    compiler."""
+    import bcc
+    tree = kd.new_tree_dir()
+    kd.make_include_tree(tree)
+    os.environ["BCC_KERNEL_SOURCE"] = tree
+    try:
+        with kd.CapturedStderr() as errors:
+            with pytest.raises(Exception) as failure:
+                bcc.BPF(text=REJECTED_PROGRAM)
+    finally:
+        del os.environ["BCC_KERNEL_SOURCE"]
+        shutil.rmtree(tree)
+    line = kd.load_failure(failure.value, errors.text, True)
+    assert line.startswith("the kernel's verifier rejected the eBPF program "
+                           "tracepoint__raw_syscalls__sys_enter: ")
+    assert "invalid access to map value" in line
+    assert "ring buffers" not in line and "\n" not in line

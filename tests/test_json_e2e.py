@@ -6,7 +6,7 @@ The JSON of a window over the workload must carry the exact counts the
 workload made (a prime number of getsid() calls, of UDP datagrams) and
 validate against the schema the script documents.  That the JSON carries
 the same numbers as the text report of the same sample is tested in
-test_json.py, where one Sampler renders both from the same data.
+test_json_unit.py, where one Sampler renders both from the same data.
 """
 
 import json
@@ -16,58 +16,14 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
-import jsonschema
 import pytest
 
 import report
 import workload_ctl
-from conftest import SCRIPT, TOP, load_script
-from test_e2e import (BURST, DATAGRAMS, MSEC, NSEC, RUN_PIDS, SHORT_CALLS,
-                      leftovers, run_tool)
-# Fixtures: the workload binary, a running ovs-vswitchd.
-from test_e2e import ovs, workload_bin  # noqa: F401
-
-pytestmark = pytest.mark.privileged
-
-KD = load_script()
-
-
-def validate(doc):
-    jsonschema.Draft7Validator(KD.JSON_SCHEMA).validate(doc)
-
-
-def run_json(args, on_start=None, timeout=90):
-    """Run the tool with --format json; on_start(proc) when the window
-    opens (said on standard error).  Returns (code, documents, stderr)."""
-    proc = subprocess.Popen([SCRIPT, "--format", "json"] + list(args),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True, bufsize=1, cwd=TOP)
-    RUN_PIDS.append(proc.pid)
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    out = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
-    reader.start()
-    err = []
-    try:
-        for line in proc.stderr:
-            err.append(line)
-            if line.startswith("# Start sampling") and on_start:
-                on_start(proc)
-        code = proc.wait()
-        reader.join()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-    assert out[0].isascii()
-    docs = [json.loads(line) for line in out[0].splitlines()]
-    for doc in docs:
-        validate(doc)
-    return code, docs, "".join(err)
+from conftest import (BURST, DATAGRAMS, MSEC, NSEC, SCRIPT, SHORT_CALLS,
+                      leftovers, run_json, run_tool, validate, wait_named)
 
 
 def proc_start_seconds(pid):
@@ -81,7 +37,7 @@ def proc_start_seconds(pid):
 
 
 @pytest.fixture(scope="module")
-def json_run(workload_bin):  # noqa: F811
+def json_run(workload_bin):
     """A 1 s JSON window over the workload with a burst of getsid() calls,
     UDP on loopback and a thread that exits."""
     actions = [("burst {}".format(BURST), "ok burst {}".format(BURST)),
@@ -196,7 +152,7 @@ def test_json_window_and_progress(json_run):
         if value and name != "trigger_missed")
 
 
-def test_json_header(json_run, workload_bin):  # noqa: F811
+def test_json_header(kd, json_run, workload_bin):
     load, code, docs, err, _ = json_run
     uname = os.uname()
     for doc in docs:
@@ -213,18 +169,18 @@ def test_json_header(json_run, workload_bin):  # noqa: F811
                                              "%Y-%m-%dT%H:%M:%S")) +
                    float("0" + started[19:26]) -
                    proc_start_seconds(load.pid)) < 0.02
-        assert doc["tool"]["version"] == KD.__version__
+        assert doc["tool"]["version"] == kd.__version__
         assert doc["tool"]["command"][1:] == [
             "--format", "json", "-p", str(load.pid), "--sample-time", "1",
             "--histogram"]
 
 
-def test_json_verdict_names_cpu_contention(workload_bin):  # noqa: F811
+def test_json_verdict_names_cpu_contention(workload_bin):
     """Two spinners pinned to one CPU: each waits for the other."""
     cpu = os.cpu_count() - 1
     with workload_ctl.Workload(workload_bin, spin_cpu=cpu) as load:
         tids = load.tids()
-        time.sleep(0.3)
+        load.wait_spinners_sharing()
         code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
                                     "1"])
     assert code == 0, err
@@ -243,7 +199,7 @@ def test_json_verdict_names_cpu_contention(workload_bin):  # noqa: F811
     assert sorted(ranked) == ["kd-spin1", "kd-spin2"]
 
 
-def test_json_syscall_events(workload_bin):  # noqa: F811
+def test_json_syscall_events(workload_bin):
     """-s: every 20 ms sleep of kd-sleep is an event, with its stacks."""
     with workload_ctl.Workload(workload_bin) as load:
         tids = load.tids()
@@ -268,17 +224,18 @@ def test_json_syscall_events(workload_bin):  # noqa: F811
     assert sample["options"]["syscall_events_ns"] == 15000000
 
 
-def test_text_header(workload_bin):  # noqa: F811
+def test_text_header(kd, workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
                                    "0.3"])
         started = proc_start_seconds(load.pid)
     assert code == 0, err
-    lines = out.splitlines()
+    # The header wraps at 80 columns; its lines whole again.
+    lines = report.unwrap(out).splitlines()
     uname = os.uname()
     cpus = os.cpu_count()
     assert lines[0] == "# kernel_delay {}: {} -p {} --sample-time 0.3" \
-        .format(KD.__version__, SCRIPT, load.pid)
+        .format(kd.__version__, SCRIPT, load.pid)
     assert re.fullmatch(
         r"# Host {}: Linux {} \({}\), {} CPUs?, load average "
         r"\d+\.\d\d \d+\.\d\d \d+\.\d\d".format(
@@ -296,7 +253,7 @@ def test_text_header(workload_bin):  # noqa: F811
     assert "kd-sleep" in report.parse(out)[0].threads
 
 
-def test_json_lines_for_several_samples(workload_bin):  # noqa: F811
+def test_json_lines_for_several_samples(workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
                                     "0.3", "--sample-count", "3",
@@ -314,7 +271,7 @@ def test_json_lines_for_several_samples(workload_bin):  # noqa: F811
     assert err.count("# Start sampling") == 3
 
 
-def test_output_file(workload_bin, tmp_path):  # noqa: F811
+def test_output_file(kd, workload_bin, tmp_path):
     text_file, json_file = tmp_path / "report.txt", tmp_path / "r.json"
     with workload_ctl.Workload(workload_bin) as load:
         text = run_tool(["-p", str(load.pid), "--sample-time", "0.3",
@@ -322,7 +279,12 @@ def test_output_file(workload_bin, tmp_path):  # noqa: F811
         code, docs, err = run_json(["-p", str(load.pid), "--sample-time",
                                     "0.3", "--output", str(json_file)])
     assert text[0] == 0, text[2]
-    assert (text[1], text[2]) == ("", "")
+    # The report goes to the file; only the progress lines reach the
+    # terminal, on stderr.
+    assert text[1] == ""
+    assert [line.split(" @")[0].split(":")[0]
+            for line in text[2].splitlines()] == \
+        ["# Start sampling", "# Stop sampling", "# End of run"]
     written = text_file.read_text()
     assert written.startswith("# kernel_delay ")
     assert "kd-sleep" in report.parse(written)[0].threads
@@ -332,7 +294,7 @@ def test_output_file(workload_bin, tmp_path):  # noqa: F811
     written = [json.loads(line) for line in
                json_file.read_text().splitlines()]
     for doc in written:
-        validate(doc)
+        validate(kd, doc)
     assert [doc["type"] for doc in written] == ["sample", "end"]
     assert "kd-sleep" in threads_of(written[0])
 
@@ -347,7 +309,7 @@ def test_output_file_error(tmp_path):
     assert leftovers() == []
 
 
-def test_json_interrupted(workload_bin):  # noqa: F811
+def test_json_interrupted(workload_bin):
     with workload_ctl.Workload(workload_bin) as load:
         code, docs, err = run_json(
             ["-p", str(load.pid), "--sample-time", "60"],
@@ -361,7 +323,7 @@ def test_json_interrupted(workload_bin):  # noqa: F811
     assert err.rstrip().endswith("# Interrupted")
 
 
-def test_json_triggers_and_skipped_windows(workload_bin):  # noqa: F811
+def test_json_triggers_and_skipped_windows(workload_bin):
     """kd_op() sleeps 5 ms, then 50 ms, alternately: with a 20 ms
     --trigger-delta the short calls are skipped windows."""
     with workload_ctl.Workload(workload_bin) as load:
@@ -372,8 +334,14 @@ def test_json_triggers_and_skipped_windows(workload_bin):  # noqa: F811
     assert code == 0, err
     kinds = [doc["type"] for doc in docs]
     assert kinds.count("sample") == 2 and kinds[-1] == "end"
-    assert 1 <= kinds.count("skipped") <= 3
+    skipped = [doc for doc in docs if doc["type"] == "skipped"]
+    assert 1 <= sum(doc["count"] for doc in skipped) <= 3
+    for doc in skipped:
+        assert 5 * MSEC <= doc["shortest_ns"] <= doc["longest_ns"] < \
+            20 * MSEC
     for doc in docs[:-1]:
+        if doc["type"] == "skipped":
+            continue
         window = doc["window"]
         assert window["trigger_delta_ns"] == \
             window["stop_trigger_ns"] - window["start_trigger_ns"]
@@ -384,17 +352,15 @@ def test_json_triggers_and_skipped_windows(workload_bin):  # noqa: F811
                 (window["start_trigger_ns"], window["stop_trigger_ns"])
             op = threads_of(doc)["kd-op"]
             assert calls(op)["clock_nanosleep"]["count"] == 1
-        else:
-            assert 5 * MSEC <= window["trigger_delta_ns"] < 20 * MSEC
         assert doc["options"]["start_trigger"] == "u:kd_workload:op_start"
         assert doc["options"]["trigger_delta_ns"] == 20000000
-    assert docs[-1]["skipped"] == kinds.count("skipped")
+    assert docs[-1]["skipped"] == sum(doc["count"] for doc in skipped)
 
 
-def test_process_by_name(workload_bin, tmp_path):  # noqa: F811
-    """--process finds a process by its name (the older spelling
-    --process-name too): the workload, renamed to a name no other process
-    has, and a program started under a name of its own."""
+def test_process_by_name(workload_bin, tmp_path):
+    """--process finds a process by its name: the workload, renamed to a
+    name no other process has, and a program started under a name of its
+    own (in the text report too)."""
     with workload_ctl.Workload(workload_bin) as load:
         assert load.command("rename " + b"kd-json-main".hex()) == \
             "ok rename"
@@ -409,12 +375,11 @@ def test_process_by_name(workload_bin, tmp_path):  # noqa: F811
     sleeper.symlink_to(shutil.which("sleep"))
     proc = subprocess.Popen([str(sleeper), "30"])
     try:
-        time.sleep(0.2)
+        wait_named([proc], "kd-json-sleeper")
         code, docs, err = run_json(["--process", "kd-json-sleeper",
                                     "--sample-time", "0.3"])
-        # The older spelling still works.
-        old = run_tool(["--process-name", "kd-json-sleeper",
-                        "--sample-time", "0.3"])
+        text = run_tool(["--process", "kd-json-sleeper",
+                         "--sample-time", "0.3"])
     finally:
         proc.kill()
         proc.wait()
@@ -428,8 +393,9 @@ def test_process_by_name(workload_bin, tmp_path):  # noqa: F811
         (proc.pid, "kd-json-sleeper", "in clock_nanosleep")]
     assert quiet[0]["budget"]["blocked_in"][0]["name"] == "clock_nanosleep"
     assert quiet[0]["budget"]["blocked"]["percent"] == 100.0
-    assert old[0] == 0, old[2]
-    assert "# Process kd-json-sleeper, PID {}:".format(proc.pid) in old[1]
+    assert text[0] == 0, text[2]
+    assert "# Process kd-json-sleeper, PID {}:".format(proc.pid) in \
+        report.unwrap(text[1])
 
 
 # ---- Real Open vSwitch ------------------------------------------------------
@@ -440,11 +406,11 @@ def ovs_version(program):
                           check=True).stdout.splitlines()[0]
 
 
-def test_ovs_header_and_version(ovs):  # noqa: F811
+def test_ovs_header_and_version(ovs):
     code, out, err = run_tool(["--process", "ovs-vswitchd",
                                "--sample-time", "0.3"])
     assert code == 0, err
-    lines = out.splitlines()
+    lines = report.unwrap(out).splitlines()
     expected = ovs_version("ovs-vswitchd")
     assert expected.startswith("ovs-vswitchd (Open vSwitch) ")
     assert lines[2].startswith("# Process ovs-vswitchd, PID {}: ".format(

@@ -140,6 +140,25 @@ class Workload:
             result[name] = int(tid)
         return result
 
+    def wait_spinners_sharing(self, timeout=60):
+        """Return once the two spinners (--spin) each ran 20 ms and waited
+        for their CPU behind the other: they share it.  Told by the
+        kernel's own accounting (schedstat), so it holds on a loaded
+        machine, where a fixed pause may not be enough."""
+        tids = self.tids()
+        spinners = [tids["kd-spin1"], tids["kd-spin2"]]
+        first = {tid: read_schedstat(self.pid, tid) for tid in spinners}
+        deadline = time.monotonic() + timeout
+        while True:
+            now = {tid: read_schedstat(self.pid, tid) for tid in spinners}
+            if all(now[tid][0] - first[tid][0] >= 20 * 10 ** 6 and
+                   now[tid][1] > first[tid][1] for tid in spinners):
+                return
+            if time.monotonic() > deadline:
+                raise WorkloadError("spinners did not share a CPU within "
+                                    "{} s: {}".format(timeout, now))
+            time.sleep(0.01)
+
     def _kill(self):
         if self.proc.poll() is None:
             self.proc.kill()

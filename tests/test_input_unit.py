@@ -205,11 +205,16 @@ def test_odd_thread_names_print_safely_in_the_text_report(kd):
     assert len(re.findall(r"\[SYSCALL STATISTICS\]$", text, re.M)) == 8
 
 
-def test_thread_names_from_the_kernel_are_read_as_bytes(kd, tmp_path):
+def test_thread_names_from_the_kernel_are_read_as_bytes(
+        kd, tmp_path, monkeypatch):
     comm = tmp_path / "comm"
     comm.write_bytes(b"bad\xff\x1b[0m\n")
-    assert kd.read_name(str(comm)) == "bad\\xff\\x1b[0m"
-    assert kd.read_name(str(tmp_path / "missing")) is None
+    assert kd.read_proc(str(comm)) == b"bad\xff\x1b[0m\n"
+    assert kd.read_proc(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(kd, "read_proc", lambda path, limit=0: {
+        "/proc/1/task/2/comm": comm.read_bytes()}.get(path))
+    assert kd.thread_name(1, 2) == "bad\\xff\\x1b[0m"
+    assert kd.thread_name(1, 3) is None
     # Names of exited threads come from a BPF map (struct name_t).
     assert kd.plain(b"ex\xffit\x00junk") == "ex\\xffit"
 
@@ -273,30 +278,37 @@ def test_missing_bcc_names_both_packages(kd):
     assert "python3-bcc (Fedora/RHEL)" in stderr
 
 
-def test_no_psutil_or_pytz_needed(tmp_path):
-    """The tool finds its target by name with psutil and pytz unusable."""
-    twin = tmp_path / "kd-nopsutil"
-    twin.symlink_to("/bin/sleep")
-    sleeper = subprocess.Popen([str(twin), "30"])
-    try:
-        code = ("import sys; sys.modules['psutil'] = None; "
-                "sys.modules['pytz'] = None; sys.path.insert(0, {!r}); "
-                "from conftest import load_script; "
-                "print(load_script().find_target_pid('kd-nopsutil'))"
-                .format(os.path.join(TOP, "tests")))
-        found = subprocess.run([sys.executable, "-c", code],
-                               stdout=subprocess.PIPE, timeout=30,
-                               universal_newlines=True)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert found.stdout.strip() == str(sleeper.pid)
+def test_missing_psutil_names_the_package(kd):
+    """Without psutil: one line saying what to install, and the exit code
+    of a missing module."""
+    with mock.patch.object(kd, "psutil", None), \
+            mock.patch.object(kd, "bcc", kd.bcc or object()):
+        code, out, _, stderr = run_main(kd, ["-p", "1"])
+    assert code == os.EX_OSFILE
+    one_line_error(stderr)
+    assert "the Python module psutil is missing" in stderr
+    assert "install python3-psutil" in stderr
+
+
+def test_importing_needs_neither_psutil_nor_pytz():
+    """The module imports with psutil and pytz unusable (the unit tests
+    run where psutil is missing), and pytz is not used at all: UTC comes
+    from the standard library."""
+    code = ("import sys; sys.modules['psutil'] = None; "
+            "sys.modules['pytz'] = None; sys.path.insert(0, {!r}); "
+            "from conftest import load_script; "
+            "print(load_script().psutil)".format(os.path.join(TOP, "tests")))
+    found = subprocess.run([sys.executable, "-c", code],
+                           stdout=subprocess.PIPE, timeout=300,
+                           universal_newlines=True)
+    assert found.stdout.strip() == "None"
     with open(SCRIPT) as script:
         source = script.read()
-    assert not re.search(r"^\s*(import|from) (psutil|pytz)", source, re.M)
+    assert not re.search(r"^\s*(import|from) pytz", source, re.M)
 
 
 def test_zombie_pid_is_refused(kd):
+    pytest.importorskip("psutil")
     zombie = subprocess.Popen(["true"])
     try:
         while kd.process_alive(zombie.pid):
@@ -320,10 +332,11 @@ def test_process_names_in_errors_are_one_line(kd):
 
 def test_same_pid_another_process(kd):
     """A PID reused by another process is not the target."""
-    start = kd.proc_stat(os.getpid())[1]
+    pytest.importorskip("psutil")
+    start = kd.process_fact(os.getpid(), "create_time")
     assert kd.process_alive(os.getpid(), start)
-    assert not kd.process_alive(os.getpid(), start + 1)
-    assert kd.proc_stat(999999999) is None
+    assert not kd.process_alive(os.getpid(), start + 0.01)
+    assert kd.process_fact(999999999, "create_time") is None
 
 
 def test_target_gone_errors(kd):
@@ -345,13 +358,14 @@ def test_target_gone_errors(kd):
 def test_successors_of_this_process(kd):
     """Another process of the same name and executable counts as a
     restart; this one does not."""
+    pytest.importorskip("psutil")
     me = kd.identify_target(os.getpid())
     assert me.exe == os.path.realpath(sys.executable) or me.exe
     twin = subprocess.Popen([sys.executable, "-c",
                              "import time; time.sleep(30)"])
     try:
-        fake = kd.Target(pid=-1, name=kd.process_name(twin.pid),
-                         exe=kd.process_exe(twin.pid), start_time=0)
+        fake = kd.Target(pid=-1, name=kd.process_fact(twin.pid, "name"),
+                         exe=kd.process_fact(twin.pid, "exe"), start_time=0)
         assert twin.pid in kd.successors(fake)
         assert os.getpid() not in kd.successors(me)
     finally:
@@ -465,10 +479,11 @@ def test_error_lines_stay_one_line(kd, capsys):
 
 
 def test_signal_inside_a_ring_buffer_callback_ends_the_window(kd):
+    pytest.importorskip("psutil")       # the Sampler watches the target
     """The handler may run while bcc calls back into Python for a ring
     buffer event; the window still closes at the next check, reported."""
-    from test_json import Clock, FakeProbes, POLL_NRS, SYSCALL_NAMES, \
-        report_rows
+    from fakes import (POLL_NRS, SYSCALL_NAMES, Clock, FakeProbes,
+                       report_rows)
 
     interrupts = kd.Interrupts()
 
@@ -481,7 +496,8 @@ def test_signal_inside_a_ring_buffer_callback_ends_the_window(kd):
                           "--sample-count", "3"])
     out = io.StringIO()
     sampler = kd.Sampler(SignalInPoll(kd, report_rows(kd)), args, out,
-                         SYSCALL_NAMES, POLL_NRS, clock=Clock(),
+                         kd.RunContext(kd.Target(args.pid), SYSCALL_NAMES,
+                                       POLL_NRS), clock=Clock(),
                          interrupts=interrupts)
     with pytest.raises(KeyboardInterrupt):
         sampler.run()
