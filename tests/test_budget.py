@@ -105,15 +105,21 @@ def test_sleep_across_the_window_edges(spinning):
     thread = spinning.thread("kd-pollwait")
     rows = budget(thread)
     window_ns = window_of(thread)
-    assert rows["poll"][0] == rows["asleep in system calls"][0]
-    assert rows["poll"][0] >= 0.99 * window_ns
+    context = spinning.out
+    assert rows["poll"][0] == rows["asleep in system calls"][0], context
+    # A switch the kernel did not report (the thread's NOTE) leaves out
+    # the sleep around it: at most one 200 ms poll() each.
+    left_out = thread.get("LOST", 0) * 201 * MSEC
+    assert rows["poll"][0] >= 0.99 * window_ns - left_out, context
     calls = thread["SYSCALL"]["poll"]
     (in_flight,) = rows["in flight"]
-    assert in_flight[0] == "poll" and not in_flight[2]
-    assert 0 < in_flight[1] <= 201
+    assert in_flight[0] == "poll" and not in_flight[2], context
+    assert 0 < in_flight[1] <= 201, context
     # Complete calls, the one in flight, and the rest of the one the
     # window opened in: that rest is only in the budget.
-    assert calls["total"] + in_flight[1] * MSEC < rows["poll"][0]
+    if not left_out:
+        assert calls["total"] + in_flight[1] * MSEC < rows["poll"][0], \
+            context
 
 
 def test_stopped_time_and_its_signal(workload_bin):
