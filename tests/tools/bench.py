@@ -812,11 +812,16 @@ def main():
         tree = kd.new_tree_dir()
         kd.make_include_tree(tree)
         os.environ["BCC_KERNEL_SOURCE"] = tree
+    # The floor's programs attach through tracefs, which a fresh machine
+    # may not have mounted: mounted here as the tool does, and unmounted.
+    mounted = kd.ensure_tracefs()
     tmp = tempfile.mkdtemp(prefix="kd-bench.")
     try:
         run(args, workload_ctl.build(tmp), prepare_original(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if mounted:
+            subprocess.run(["umount", mounted], check=False)
         if tree:
             shutil.rmtree(tree, ignore_errors=True)
 
