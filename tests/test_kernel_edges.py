@@ -208,3 +208,32 @@ def test_programs_the_kernel_skipped_are_reported():
     assert any("of the tool's eBPF programs were skipped by the kernel"
                in warning
                for warning in end["warnings"]), end["warnings"]
+
+
+def test_current_task_reads_are_plain_loads_only_where_verified(kd):
+    """The kernel, not a default, answers whether the current task's fields
+    can be plain loads: yes for its own layout (Linux 5.11 and later with
+    BTF: this machine and check-vm's), no for a load straddling the state.
+    The program loads both ways."""
+    import dataclasses
+    import shutil
+    import bcc
+    layout = kd.read_task_layout()
+    assert kd.current_task_btf_supported(layout)
+    assert not kd.current_task_btf_supported(dataclasses.replace(
+        layout, state_offset=layout.state_offset + 2))
+    tree = kd.new_tree_dir()
+    kd.make_include_tree(tree)
+    mounted = kd.ensure_tracefs()
+    os.environ["BCC_KERNEL_SOURCE"] = tree
+    try:
+        for current_btf in (True, False):
+            # Its own process as the target: the programs leave at once.
+            source = kd.render_bpf_source(os.getpid(), layout, (7, 271),
+                                          current_btf=current_btf)
+            bcc.BPF(text=source).cleanup()
+    finally:
+        del os.environ["BCC_KERNEL_SOURCE"]
+        shutil.rmtree(tree)
+        if mounted:
+            subprocess.run(["umount", mounted], check=True)

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -1473,3 +1474,59 @@ def test_load_failure_blames_ring_buffers_only_when_unknown(kd):
                     "to see the compiler's output")
     assert "ring buffers" in kd.load_failure(compiler, log, None)
     assert "ring buffers" not in line
+
+
+def probe_program(attr):
+    """prog_type and instructions of a BPF_PROG_LOAD attr, read while the
+    buffers its pointers name are alive."""
+    prog_type, count, insns = struct.unpack_from("<IIQ", attr)
+    code = ctypes.string_at(insns, count * 8)
+    return prog_type, [struct.unpack_from("<BBhi", code, 8 * i)
+                       for i in range(count)]
+
+
+def test_btf_load_probe_loads_what_the_program_reads(kd):
+    """The probe asks the kernel to verify bpf_get_current_task_btf() and
+    plain loads of the state and of thread_info.status at their offsets
+    and sizes; a refusal means probe reads."""
+    seen = []
+
+    def refused(cmd, attr):
+        seen.append((cmd,) + probe_program(attr))
+        return -1, 22
+
+    btf = kd.TaskLayout(1264, 1268, 24, 4, compat_offset=16)
+    assert kd.current_task_btf_supported(btf, syscall=refused) is False
+    ((cmd, prog_type, insns),) = seen
+    assert (cmd, prog_type) == (kd.BPF_PROG_LOAD, 17)
+    assert insns[0] == (0x85, 0, 0, 158)
+    # BPF_LDX | BPF_MEM | BPF_W into r1 from r6 (r0 after the call).
+    assert insns[2:4] == [(0x61, 1 | 6 << 4, 24, 0), (0x61, 1 | 6 << 4, 16,
+                                                      0)]
+    assert insns[-1] == (0x95, 0, 0, 0)
+
+    # An 8-byte state (before Linux 5.14) is a BPF_DW load; no ia32 flag,
+    # no second load.
+    seen.clear()
+    with open(os.devnull) as null:
+        def loaded(cmd, attr):
+            seen.append(probe_program(attr))
+            return os.dup(null.fileno()), 0
+        old = kd.TaskLayout(1232, 1236, 16, 8)
+        assert kd.current_task_btf_supported(old, syscall=loaded) is True
+    assert [insn for insn in seen[0][1] if insn[0] & 0x07 == 0x01] == \
+        [(0x79, 1 | 6 << 4, 16, 0)]
+
+    # Offsets from kernel headers are not known here: no attempt.
+    headers = kd.TaskLayout(0, 0, 0, 0, source="headers")
+    assert kd.current_task_btf_supported(headers, syscall=None) is False
+
+
+@pytest.mark.parametrize("current_btf", [False, True])
+def test_current_task_fields_follow_the_probe(kd, current_btf):
+    source = kd.render_bpf_source(1, layout(kd, "btf"), POLL_NRS,
+                                  current_btf=current_btf)
+    assert c_define(source, "CURRENT_BTF") == str(int(current_btf))
+    # prev is current at sched_switch: its state is the current task's.
+    switch = source[source.index("RAW_TRACEPOINT_PROBE(sched_switch)"):]
+    assert "kd_current_state()" in switch.split("\n}\n")[0]
