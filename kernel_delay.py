@@ -491,6 +491,27 @@ BPF_PERCPU_ARRAY(counters, u64, @COUNTER_COUNT@);
 BPF_ARRAY(capture, u64, 3);
 
 BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
+/*
+ * A thread's sys_start_t is in one of two places.  First a direct-mapped
+ * array of DIRECT_SLOTS entries indexed by the low bits of the thread ID,
+ * each naming the thread that holds it: an array lookup costs about 1 ns
+ * here, a hash lookup about 35 (make bench's primitives), and a monitored
+ * system call needs two.  A thread whose slot another thread holds keeps
+ * its entry in sys_start.  A thread never has both: it takes a free slot
+ * only when sys_start has no entry for it, and only the thread itself
+ * takes it or looks it up.  Slots outlive windows (their window field
+ * says which one they hold); user space frees those of threads that are
+ * gone (--long-poll).  0: sys_start only.
+ */
+#define DIRECT_SLOTS @DIRECT_SLOTS@
+#if DIRECT_SLOTS
+struct sys_direct_t {
+    u32 tid;            /* the holder, 0: free */
+    u32 claims;         /* claims counted on a free slot */
+    struct sys_start_t entry;
+};
+BPF_ARRAY(sys_direct, struct sys_direct_t, DIRECT_SLOTS);
+#endif
 BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
 BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
 BPF_HASH(sched_state, u32, struct sched_t, MAX_THREADS);
@@ -1026,6 +1047,20 @@ static __always_inline void kd_book_blocked(u32 tid, u32 nr, u64 ns)
         kd_bump(COUNTER_BLOCKED_FULL);
 }
 
+/* Thread tid's system call entry, where it is (see sys_direct), or NULL;
+ * only in tid's own context. */
+static __always_inline struct sys_start_t *kd_sys_lookup(u32 tid)
+{
+#if DIRECT_SLOTS
+    u32 slot = tid & (DIRECT_SLOTS - 1);
+    struct sys_direct_t *direct = sys_direct.lookup(&slot);
+
+    if (direct && direct->tid == tid)
+        return &direct->entry;
+#endif
+    return sys_start.lookup(&tid);
+}
+
 /* A target thread switched out, neither preempted nor stopped. */
 static __always_inline void kd_budget_sleeps(u32 tid, struct sched_t *sched,
                                              u64 state, u64 now)
@@ -1034,7 +1069,7 @@ static __always_inline void kd_budget_sleeps(u32 tid, struct sched_t *sched,
         return;
 
     struct budget_t *entry = kd_budget_entry(sched);
-    struct sys_start_t *call = sys_start.lookup(&tid);
+    struct sys_start_t *call = kd_sys_lookup(tid);
 
     if (!entry)
         return;
@@ -1374,7 +1409,7 @@ static __always_inline void kd_hist(u32 tid, u32 nr, u64 ns)
 static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
 {
     u64 window = kd_window_start();
-    struct sys_start_t *entry = sys_start.lookup(&tid);
+    struct sys_start_t *entry = kd_sys_lookup(tid);
 
     if (entry && entry->window == window)
         return entry;
@@ -1386,6 +1421,22 @@ static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
         __builtin_memcpy(entry, &fresh, sizeof(fresh));
         return entry;
     }
+#if DIRECT_SLOTS
+    u32 slot = tid & (DIRECT_SLOTS - 1);
+    struct sys_direct_t *direct = sys_direct.lookup(&slot);
+
+    /* Threads whose IDs share the slot may race for it.  Each counts a
+     * claim, then reads the count: only the first claim can read 1.
+     * (Without using the add's result, which needs Linux 5.12.) */
+    if (direct && !direct->tid) {
+        __sync_fetch_and_add(&direct->claims, 1);
+        if (direct->claims == 1) {
+            __builtin_memcpy(&direct->entry, &fresh, sizeof(fresh));
+            direct->tid = tid;
+            return &direct->entry;
+        }
+    }
+#endif
     /* Only this thread inserts its key: no race to lose. */
     kd_check_store(sys_start.update(&tid, &fresh), COUNTER_SYS_START_FULL);
     return sys_start.lookup(&tid);
@@ -1553,7 +1604,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
     u32 tid = pid_tgid;
     long ret = ctx->args[1];
-    struct sys_start_t *start = sys_start.lookup(&tid);
+    struct sys_start_t *start = kd_sys_lookup(tid);
 
     /* Calls that entered before the window have no start stamp and are
      * not counted; but a poll() interrupted now resumes inside it. */
@@ -1793,7 +1844,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
 
     u32 tid = pid_tgid;
-    struct sys_start_t *call = sys_start.lookup(&tid);
+    struct sys_start_t *call = kd_sys_lookup(tid);
 
     /* Its exit() never returns: a new thread given the same ID in this
      * window must not take that call, or a poll, for its own (its first
@@ -1821,7 +1872,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (!kd_is_target(pid_tgid) || old == tid)
         return 0;
 
-    struct sys_start_t *from = sys_start.lookup(&old);
+    struct sys_start_t *from = kd_sys_lookup(old);
 
     if (from && from->ts) {
         struct sys_start_t *to = kd_sys_entry(tid);
@@ -2138,7 +2189,8 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
                       histogram=False, event_min_ns=None,
                       skip_poll_events=False, stack_size=0,
                       upcall_keys=0, tracer_nrs=(-1, -1), cpus=None,
-                      long_poll_ns=None, current_btf=False):
+                      long_poll_ns=None, current_btf=False,
+                      direct_slots=None):
     """The complete eBPF C program.
 
     layout is a TaskLayout; with source "headers" the offsets come from
@@ -2157,7 +2209,9 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
     long_poll_ns: None, or catch the intervals between two poll() calls
     of a thread this long (--long-poll).  current_btf: read the current
     task's fields with plain loads through bpf_get_current_task_btf()
-    (see current_task_btf_supported()).
+    (see current_task_btf_supported()).  direct_slots: the entries of the
+    direct-mapped table of system call entries (a power of two, or 0 for
+    none), by default max_threads rounded up to a power of two.
     """
     if layout.source == "headers":
         headers = "#include <linux/sched.h>"
@@ -2232,6 +2286,8 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "MAX_HOLDER_KEYS": 8 * int(max_threads),
         "MAX_CPUS": int(cpus or possible_cpus()),
         "CURRENT_BTF": int(bool(current_btf)),
+        "DIRECT_SLOTS": (round_up_pow2(int(max_threads))
+                         if direct_slots is None else int(direct_slots)),
         "HISTOGRAM": int(bool(histogram)),
         "RINGBUF_PAGES": round_up_pow2(int(page_count)),
         "POLL_TEST": " || ".join("(nr) == {}".format(int(nr))
@@ -2758,6 +2814,15 @@ def file_name(text):
     return text
 
 
+def direct_slots(text):
+    """argparse type: 0 or a power of two up to MAX_THREADS."""
+    value = unsigned_int(text)
+    if value > MAX_THREADS or value & (value - 1):
+        raise argparse.ArgumentTypeError(
+            "must be 0 or a power of two up to {}".format(MAX_THREADS))
+    return value
+
+
 def table_threads(count):
     """The threads the tables hold (--max-threads by default) for a
     target that has count threads when the run starts."""
@@ -3012,6 +3077,10 @@ def build_parser():
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
     parser.add_argument("--ebpf", action="store_true",
+                        help=argparse.SUPPRESS)
+    # For tests and make bench: the direct-mapped system call table's size
+    # (0: the hash table only).
+    parser.add_argument("--direct-slots", type=direct_slots,
                         help=argparse.SUPPRESS)
     return parser
 
@@ -4417,6 +4486,7 @@ class Probes:
         alive = set(task_list(self.pid))
         if not alive:
             return          # gone: the run ends, the tables stay as they are
+        self.free_direct_slots(alive)
         for name, tids in rows.items():
             table = self.bpf[name]
             for tid in tids:
@@ -4556,7 +4626,7 @@ class Probes:
                 (tuple(getattr(key, field) for field in fields) if fields
                  else (key,), Acc.of(value)) for key, value in self.rows(name)]
         opened = self.capture_values()[1]
-        sys_entries = self.rows("sys_start")
+        sys_entries = self.sys_entries()
         rows["sys_stats"] = add_pending_calls(rows["sys_stats"],
                                               sys_entries, opened)
         sched = self.rows("sched_state")
@@ -4594,6 +4664,28 @@ class Probes:
             stats.name = (thread_name(self.pid, tid) or exited.get(tid) or
                           "<unknown:{}/{}>".format(self.pid, tid))
         return threads
+
+    def sys_entries(self):
+        """[(tid, struct sys_start_t)] of every thread with a system call
+        entry: those in sys_start, and those holding a slot of sys_direct
+        (see the C).  Each thread is in one of the two."""
+        rows = self.rows("sys_start")
+        try:
+            direct = self.rows("sys_direct")
+        except KeyError:        # --direct-slots 0: no such table
+            return rows
+        return rows + [(value.tid, value.entry) for _, value in direct
+                       if value.tid]
+
+    def free_direct_slots(self, alive):
+        """Free the sys_direct slots of threads not in alive."""
+        try:
+            table = self.bpf["sys_direct"]
+        except KeyError:
+            return
+        for index, value in self.rows("sys_direct"):
+            if value.tid and value.tid not in alive:
+                table[table.Key(index)] = table.Leaf()
 
     def rows(self, name):
         """All (key, value) pairs of hash map name, as plain() gives them:
@@ -7834,7 +7926,8 @@ def run(args, out, command=(), interrupts=None):
         upcall_keys=upcall_keys() if ctx.upcalls else 0,
         tracer_nrs=tracer_syscalls(table),
         long_poll_ns=args.long_poll,
-        current_btf=current_task_btf_supported(ctx.layout))
+        current_btf=current_task_btf_supported(ctx.layout),
+        direct_slots=args.direct_slots)
     if args.ebpf:
         write_out(out, source)
         return os.EX_OK

@@ -50,6 +50,32 @@ def busy(workload_bin):
         yield capture
 
 
+@pytest.mark.parametrize("slots", ["1", "0"])
+def test_exact_counts_wherever_the_entries_live(workload_bin, slots):
+    """A thread's system call entry lives in the direct-mapped table or,
+    when another thread holds its slot, in the hash table.  The hidden
+    --direct-slots 1 leaves one slot, so all threads but one are in the
+    hash table (0: all of them): the counts stay exact."""
+    def burst(workload):
+        workload.command("burst {}".format(BURST))
+
+    def udp(workload):
+        workload.command("udp {}".format(DATAGRAMS))
+
+    with workload_ctl.Workload(workload_bin) as load:
+        capture = Capture(load, ["--sample-time", "1", "--direct-slots",
+                                 slots], (burst, udp))
+    assert capture.code == 0, capture.err
+    assert capture.thread("kd-burst")["SYSCALL"]["getsid"]["count"] == \
+        BURST, capture.out
+    calls = capture.thread("kd-udp")["SYSCALL"]
+    assert calls["sendto"]["count"] == calls["recvfrom"]["count"] == \
+        DATAGRAMS, capture.out
+    poll = capture.thread("kd-poll")
+    assert abs(poll["SYSCALL"]["poll"]["count"] -
+               poll["LONG POLL"]["count"]) <= 1, capture.out
+
+
 def test_exact_count_of_a_rare_syscall(busy):
     calls = busy.thread("kd-burst")["SYSCALL"]
     assert calls["getsid"]["count"] == BURST
@@ -144,7 +170,7 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     assert abs(run["count"] - slices) <= 2 + lost
     assert_agrees(run["total"] + ready["total"], on_cpu + waited, 0.10,
                   busy.skew(), lost, busy.out)
-    assert run["total"] <= on_cpu
+    assert run["total"] <= on_cpu, busy.out
 
 
 def test_report_lists_every_active_thread_sorted(busy):

@@ -1530,3 +1530,71 @@ def test_current_task_fields_follow_the_probe(kd, current_btf):
     # prev is current at sched_switch: its state is the current task's.
     switch = source[source.index("RAW_TRACEPOINT_PROBE(sched_switch)"):]
     assert "kd_current_state()" in switch.split("\n}\n")[0]
+
+
+def test_direct_slots_option_takes_zero_or_a_power_of_two(kd):
+    assert [kd.direct_slots(text) for text in ("0", "1", "4096")] == \
+        [0, 1, 4096]
+    for text in ("3", "-1", "x", str(2 * kd.MAX_THREADS)):
+        with pytest.raises(argparse.ArgumentTypeError):
+            kd.direct_slots(text)
+
+
+def test_direct_slots_default_to_the_tables_threads(kd):
+    def slots(**kw):
+        return c_define(kd.render_bpf_source(1, layout(kd, "btf"), POLL_NRS,
+                                             **kw), "DIRECT_SLOTS")
+    assert slots() == "4096"
+    assert slots(max_threads=5000) == "8192"
+    assert slots(max_threads=5000, direct_slots=0) == "0"
+    assert slots(direct_slots=2) == "2"
+
+
+class FakeTables:
+    """Probes' view of two tables of system call entries."""
+
+    def __init__(self, hashed, direct):
+        self.tables = {"sys_start": hashed}
+        if direct is not None:
+            self.tables["sys_direct"] = direct
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+
+def test_system_call_entries_come_from_both_tables(kd, monkeypatch):
+    """Threads in the hash table, and those holding a slot of the direct
+    table (free slots, tid 0, are no thread's)."""
+    from types import SimpleNamespace as Row
+    entry = Row(window=5)
+    hashed = [(7, entry)]
+    direct = [(0, Row(tid=0, entry=Row(window=5))),
+              (1, Row(tid=9, entry=entry))]
+    probes = kd.Probes.__new__(kd.Probes)
+    probes.bpf = FakeTables(hashed, direct)
+    monkeypatch.setattr(probes, "rows", lambda name: probes.bpf[name],
+                        raising=False)
+    assert probes.sys_entries() == [(7, entry), (9, entry)]
+    probes.bpf = FakeTables(hashed, None)
+    assert probes.sys_entries() == [(7, entry)]
+
+
+def test_slots_of_threads_that_are_gone_are_freed(kd, monkeypatch):
+    """--long-poll runs for hours: a slot whose thread is gone is zeroed
+    (tid and claims), so that another thread can take it."""
+    from types import SimpleNamespace as Row
+
+    class Direct(dict):
+        Key = int
+
+        @staticmethod
+        def Leaf():
+            return "zero"
+
+    table = Direct()
+    rows = [(0, Row(tid=0)), (1, Row(tid=9)), (2, Row(tid=10))]
+    probes = kd.Probes.__new__(kd.Probes)
+    probes.bpf = {"sys_direct": table}
+    monkeypatch.setattr(probes, "rows", lambda name: rows, raising=False)
+    probes.free_direct_slots(alive={10})
+    assert table == {1: "zero"}

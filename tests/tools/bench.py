@@ -14,6 +14,9 @@ hits them alike, and the minimum of the rounds kept:
             against Debian's 6.1 kernel headers (linux-headers-amd64, from
             make deps-vm) as a stand-in for the running kernel's; left out,
             with the reason, when either is missing;
+  hash      the same with --direct-slots 0 (a hidden option): its system
+            call entries in the hash table only, as before the direct-
+            mapped table; the line after the table compares the two;
   tool      kernel_delay.py capturing a window on the target workload.
 
 The set-ups are compared by what they add above the floor: "tool / orig"
@@ -702,6 +705,22 @@ def long_poll_lines(best):
     return lines
 
 
+def lever_lines(best):
+    """The direct-mapped table of system call entries against the hash
+    table alone (--direct-slots 0), above the floor, from the same run."""
+    lines = ["lever, same run: the tool above the floor with its system "
+             "call entries in the hash table only (--direct-slots 0) and "
+             "in the direct-mapped table (default):"]
+    for title, unit, key in ROWS:
+        floor = best["floor"][key]
+        hashed, direct = (best[setup][key] - floor
+                          for setup in ("hash", "tool"))
+        lines.append("  {:26} {:>7} {:>8} hash only {:>8} direct "
+                     "({:+.0f})".format(title, unit, fmt(hashed, unit),
+                                        fmt(direct, unit), direct - hashed))
+    return lines
+
+
 def fmt(value, unit):
     if value is None:
         return "-"
@@ -830,7 +849,7 @@ def run(args, binary, original):
     floor = Floor()
     command, env = original
     setups = ("bare", "floor") + (("original",) if command else ()) + \
-        ("tool",)
+        ("hash", "tool")
     best = {setup: {} for setup in setups}
     launches = {"floor": [], "tool": []}
     try:
@@ -843,6 +862,8 @@ def run(args, binary, original):
                         floor.attach()
                     elif setup == "original":
                         tool = Tool(target.pid, command=command, env=env)
+                    elif setup == "hash":
+                        tool = Tool(target.pid, ["--direct-slots", "0"])
                     elif setup == "tool":
                         tool = Tool(target.pid)
                         launches["tool"].append(tool.launch)
@@ -886,6 +907,7 @@ def run(args, binary, original):
     print("\n".join(table(best, (min(launches["floor"]),
                                  min(launches["tool"])), crowd,
                           saturated)))
+    print("\n".join(lever_lines(best)))
     print("per-hook breakdown, one burst per case with kernel.bpf_stats_"
           "enabled (which adds its own clock reads): ns per program run x "
           "runs per call or trip, over every process's runs (on a quiet "
