@@ -7149,8 +7149,8 @@ class Sampler:
         self.probes.poll(0)     # drop events of earlier windows
         self.pending = []
         # Inside a window the tool competes for a CPU like any thread.
-        self.priority.normal()
         if args.start_trigger:
+            self.priority.normal()
             self.probes.set_state(Capture.ARMED)
             # Said once armed: whoever reads the line may fire the trigger
             # at once.
@@ -7171,6 +7171,10 @@ class Sampler:
             window.opened = self.wall()
             started = self.clock()
             self.probes.open_window(started)
+            # Only now: a wait for a CPU between the time stamp and the
+            # write would be inside the window, with nothing seen in it (a
+            # thread that woke then would count as on a CPU since start).
+            self.priority.normal()
         window.open_ns = started
         interrupted = False
         try:
@@ -7190,6 +7194,9 @@ class Sampler:
             # Inside a window: report what it holds, then stop.
             interrupted = err
         finally:
+            # Boosted first, so that no wait for a CPU falls between the
+            # write that closes the window and its time stamp.
+            self.priority.boost()
             self.probes.set_state(Capture.HOLD)
             # The end of the periods still open: the close, as the start
             # is the open (not when the report is written).
@@ -7198,7 +7205,6 @@ class Sampler:
             # The window's losses, read as it closes: a start trigger that
             # fires while it is being reported is the next window's loss.
             self.closed_counters = self.probes.counters()
-            self.priority.boost()
         # A signal from here on lets the report finish (see Interrupts).
         with self.interrupts.writing():
             if not self.report_window(window, interrupted):

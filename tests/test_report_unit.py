@@ -299,3 +299,35 @@ def test_start_and_stop_lines_carry_the_window_edges(kd):
         seconds=steps[:opened].count("wall"))
     assert stamp("Stop") == base + datetime.timedelta(
         seconds=steps[:held + 2].count("wall"))
+
+
+def test_priority_changes_sit_outside_the_window_edges(kd):
+    """The tool drops its boost right after the write that opens a window
+    and boosts itself right before the write that closes it: a wait for a
+    CPU between a window's time stamp and that write would be inside the
+    window with nothing seen in it (a thread that woke then would count as
+    on a CPU since the start)."""
+    steps = []
+
+    class Recording(FakeProbes):
+        def open_window(self, start_ns):
+            steps.append("open")
+
+        def set_state(self, state):
+            if state == self.kd.Capture.HOLD:
+                steps.append("hold")
+            super().set_state(state)
+
+    class Priority:
+        def boost(self):
+            steps.append("boost")
+
+        def normal(self):
+            steps.append("normal")
+
+    args = kd.parse_args(["-p", str(os.getpid()), "--sample-time", "0.001",
+                          "--sample-count", "2"])
+    probes = Recording(kd, report_rows(kd), {2001: "handler12"}, QUIET)
+    kd.Sampler(probes, args, io.StringIO(), context(kd, args), clock=Clock(),
+               header=header(kd), wall=wall, priority=Priority()).run()
+    assert steps == ["open", "normal", "boost", "hold"] * 2
