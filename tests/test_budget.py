@@ -73,7 +73,8 @@ def test_waiting_share_matches_schedstat(spinning, name):
     waited = spinning.delta(name, 1)
     assert waited > 0.2 * NSEC
     assert_agrees(budget(thread)["waiting for a CPU"][0], waited, 0.10,
-                  spinning.skew(), thread.get("LOST", 0), spinning.out)
+                  spinning.skew(), thread.get("LOST", 0), spinning.out,
+                  spinning.before(name))
     # Spinners never sleep.
     assert budget(thread)["asleep in system calls"][0] == 0
 

@@ -136,13 +136,14 @@ def test_run_and_ready_match_schedstat(busy, name):
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited = busy.delta(name, 0), busy.delta(name, 1)
     # On a loaded machine other tasks take their turns too.
-    assert on_cpu > 0.2 * NSEC and waited > 0.2 * NSEC
+    assert on_cpu > 0.05 * NSEC and waited > 0.05 * NSEC
     skew = busy.skew()      # schedstat is read a little after the edges
     lost = thread.get("LOST", 0)
     # Unreported switches are rare next to the hundreds of periods.
     assert lost <= 3 + 0.05 * run["count"], busy.out
     assert_agrees(run["total"], on_cpu, 0.10, skew, lost, busy.out)
-    assert_agrees(ready["total"], waited, 0.10, skew, lost, busy.out)
+    assert_agrees(ready["total"], waited, 0.10, skew, lost, busy.out,
+                  busy.before(name))
     assert abs(run["count"] - ready["count"]) <= 1 + lost
     assert run["min"] <= run["max"] <= run["total"]
     # Always running or queued: with the periods cut by the window edges
@@ -161,7 +162,9 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     wakeup-to-switch latency to run time while the tracepoints see it as
     waiting.  The number of periods agrees, and so does their sum, within
     10 %.  A switch the kernel did not report (the thread's NOTE says so)
-    leaves periods out: then the report can only be lower."""
+    leaves periods out: then the report can only be lower.  So can a wait
+    for a CPU that began before the window (behind the tool while it
+    compiled): schedstat adds all of it as it ends."""
     thread = busy.thread(name)
     run, ready = thread["THREAD RUN"], thread["THREAD READY"]
     on_cpu, waited, slices = (busy.delta(name, column)
@@ -169,7 +172,7 @@ def test_sleeper_run_and_ready_match_schedstat(busy, name):
     lost = thread.get("LOST", 0)
     assert abs(run["count"] - slices) <= 2 + lost
     assert_agrees(run["total"] + ready["total"], on_cpu + waited, 0.10,
-                  busy.skew(), lost, busy.out)
+                  busy.skew(), lost, busy.out, busy.before(name))
     assert run["total"] <= on_cpu, busy.out
 
 
