@@ -325,7 +325,9 @@ def test_json_interrupted(workload_bin):
 
 def test_json_triggers_and_skipped_windows(workload_bin):
     """kd_op() sleeps 5 ms, then 50 ms, alternately: with a 20 ms
-    --trigger-delta the short calls are skipped windows."""
+    --trigger-delta the short calls are skipped windows, but for those
+    that start while a window is being reported (20 ms after it closed;
+    longer on a loaded machine): their triggers are missed, and said so."""
     with workload_ctl.Workload(workload_bin) as load:
         code, docs, err = run_json(
             ["-p", str(load.pid), "--start-trigger", "u:kd_workload:op_start",
@@ -335,7 +337,11 @@ def test_json_triggers_and_skipped_windows(workload_bin):
     kinds = [doc["type"] for doc in docs]
     assert kinds.count("sample") == 2 and kinds[-1] == "end"
     skipped = [doc for doc in docs if doc["type"] == "skipped"]
-    assert 1 <= sum(doc["count"] for doc in skipped) <= 3
+    missed = sum(doc["losses"].get("trigger_missed", 0) for doc in docs
+                 if "losses" in doc)
+    # (How many depends on how soon the tool is armed again after each
+    # window: 1 on an idle machine, 7 in one run beside 30 busy loops.)
+    assert 1 <= sum(doc["count"] for doc in skipped) + missed
     for doc in skipped:
         assert 5 * MSEC <= doc["shortest_ns"] <= doc["longest_ns"] < \
             20 * MSEC

@@ -198,7 +198,8 @@ def test_start_and_stop_in_one_poll(load):
 def test_thread_busy_in_system_calls_for_the_whole_window(load):
     """kd-burst makes getsid() calls without pause; the first opens a
     20 ms window.  Whether or not it is ever switched out, the window
-    holds 20 ms of its time on a CPU."""
+    holds 20 ms of its time on a CPU.  (The window closes when the tool
+    gets to it: on a loaded machine a little later than asked.)"""
     burst = threading.Thread(target=load.command, args=("burst 3000017",),
                              kwargs={"timeout": 60})
 
@@ -215,7 +216,11 @@ def test_thread_busy_in_system_calls_for_the_whole_window(load):
     assert thread["SYSCALL"]["getsid"]["count"] > 1000
     running = thread["THREAD RUN"]["total"]
     waiting = (thread["THREAD READY"] or {}).get("total", 0)
-    assert running + waiting <= 22 * MSEC, out
+    length = re.search(r"^# WINDOW 1 of 1: ([\d.]+) ms$", out, re.M)
+    window_ns = float(length.group(1)) * MSEC
+    assert 20 * MSEC <= window_ns, out
+    # (The length is printed to 0.1 ms.)
+    assert running + waiting <= window_ns + 0.05 * MSEC, out
     if not thread.get("LOST"):      # else periods are left out, and said so
         assert running + waiting >= 17 * MSEC, out
 
