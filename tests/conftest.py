@@ -361,6 +361,13 @@ def assert_agrees(tool, kernel, share, slack=0, lost=0, context="",
         assert tool >= (kernel - before) * (1 - share) - slack, message
 
 
+def tool_policy(pid):
+    """The scheduling policy of process pid (0 SCHED_OTHER, 1 SCHED_FIFO),
+    field 41 of /proc/PID/stat."""
+    with open("/proc/{}/stat".format(pid)) as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[38])
+
+
 def spin_cpu():
     """The CPU the workload's two spinners share: the last one."""
     return os.cpu_count() - 1
@@ -415,7 +422,8 @@ class Capture:
     def before(self, name):
         return self.first_wait.get(name, 0)
 
-    def _on_start(self, _proc):
+    def _on_start(self, proc):
+        self.policy = {"start": tool_policy(proc.pid)}
         self.start = self.schedstat()
         self.start_read = time.time()
         self.watcher = threading.Thread(target=self.watch)
@@ -423,7 +431,8 @@ class Capture:
         for action in self.actions:
             action(self.workload)
 
-    def _on_stop(self, _proc):
+    def _on_stop(self, proc):
+        self.policy["stop"] = tool_policy(proc.pid)
         self.closing.set()
         self.watcher.join()
         self.stop = self.schedstat()

@@ -339,13 +339,6 @@ def test_who_held_the_cpu_is_complete_on_a_saturated_crowd(workload_bin):
     assert "(table full)" not in out + err
 
 
-def tool_policy(pid):
-    """The scheduling policy of process pid (0 SCHED_OTHER, 1 SCHED_FIFO),
-    field 41 of /proc/PID/stat."""
-    with open("/proc/{}/stat".format(pid)) as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[38])
-
-
 @pytest.mark.parametrize("keep", [False, True],
                          ids=["boosted", "keep-priority"])
 def test_priority_boost_stays_out_of_the_window(workload_bin, keep):
@@ -353,31 +346,15 @@ def test_priority_boost_stays_out_of_the_window(workload_bin, keep):
     it was started inside the window; --keep-priority never boosts.  The
     window's numbers are the same either way: two spinners sharing a CPU
     waited what schedstat says they waited, within 10 %."""
-    policies = {}
     with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
         load.wait_spinners_sharing()
-        tids = load.tids()
-        spinners = ("kd-spin1", "kd-spin2")
-
-        def at(edge):
-            def record(proc):
-                policies[edge] = tool_policy(proc.pid)
-                policies[edge + " schedstat"] = {
-                    name: workload_ctl.read_schedstat(load.pid, tids[name])
-                    for name in spinners}
-            return record
-
-        code, out, err = run_tool(
-            ["-p", str(load.pid), "--sample-time", "1"] +
-            (["--keep-priority"] if keep else []),
-            on_start=at("start"), on_stop=at("stop"), timeout=300)
-    assert code == 0, err
-    assert policies["start"] == 0
-    assert policies["stop"] == (0 if keep else 1)
-    threads = report.parse(out)[0].threads
-    for name in spinners:
-        waited = policies["stop schedstat"][name][1] - \
-            policies["start schedstat"][name][1]
+        capture = Capture(load, ["--sample-time", "1"] +
+                          (["--keep-priority"] if keep else []))
+    assert capture.policy == {"start": 0, "stop": 0 if keep else 1}
+    for name in ("kd-spin1", "kd-spin2"):
+        thread = capture.thread(name)
+        waited = capture.delta(name, 1)
         assert waited > 0.1 * NSEC
-        assert_agrees(budget(threads[name])["waiting for a CPU"][0], waited,
-                      0.10, 0, threads[name].get("LOST", 0), out)
+        assert_agrees(budget(thread)["waiting for a CPU"][0], waited,
+                      0.10, capture.skew(), thread.get("LOST", 0),
+                      capture.out, capture.before(name))
