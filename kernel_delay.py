@@ -501,7 +501,8 @@ BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
  * only when sys_start has no entry for it, and only the thread itself
  * takes it or looks it up.  Slots outlive windows (their window field
  * says which one they hold); user space frees those of threads that are
- * gone (--long-poll).  0: sys_start only.
+ * gone before each window, and every few seconds with --long-poll.  0:
+ * sys_start only.
  */
 #define DIRECT_SLOTS @DIRECT_SLOTS@
 #if DIRECT_SLOTS
@@ -1426,8 +1427,11 @@ static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
     struct sys_direct_t *direct = sys_direct.lookup(&slot);
 
     /* Threads whose IDs share the slot may race for it.  Each counts a
-     * claim, then reads the count: only the first claim can read 1.
-     * (Without using the add's result, which needs Linux 5.12.) */
+     * claim, then reads the count: a claim that reads 1 is the only one
+     * counted, and takes the slot.  One that reads more takes its claim
+     * back, so that claims that all read 2 leave the slot free rather
+     * than claimed by nobody.  (Without using the add's result, which
+     * needs Linux 5.12.) */
     if (direct && !direct->tid) {
         __sync_fetch_and_add(&direct->claims, 1);
         if (direct->claims == 1) {
@@ -1435,6 +1439,7 @@ static __always_inline struct sys_start_t *kd_sys_entry(u32 tid)
             direct->tid = tid;
             return &direct->entry;
         }
+        __sync_fetch_and_add(&direct->claims, -1);
     }
 #endif
     /* Only this thread inserts its key: no race to lose. */
@@ -4444,6 +4449,8 @@ class Probes:
         self._event = bpf["events"].event
         bpf["events"].open_ring_buffer(self._on_event)
         self.long_polls = []        # --long-poll catch records (plain)
+        # (slot, tid) of the sys_direct slots the last report read.
+        self.direct_seen = []
         if long_poll:
             # struct lp_event_t (bcc cannot type a record with a struct
             # inside: its lp_t comes from the lp_state map).
@@ -4483,10 +4490,11 @@ class Probes:
         # keeps its entries.
         rows = {name: [tid for tid, _ in self.rows(name)]
                 for name in ("sched_state", "sys_start", "lp_state")}
+        direct = self.direct_holders()
         alive = set(task_list(self.pid))
         if not alive:
             return          # gone: the run ends, the tables stay as they are
-        self.free_direct_slots(alive)
+        self.free_direct_slots(direct, alive)
         for name, tids in rows.items():
             table = self.bpf[name]
             for tid in tids:
@@ -4546,6 +4554,7 @@ class Probes:
         return state, table[table.Key(1)].value, table[table.Key(2)].value
 
     def reset(self):
+        self.free_gone_slots()
         for name in self.TABLES + self.BUDGET_TABLES + (
                 self.HIST_TABLES if self.histogram else ()):
             self.clear(name)
@@ -4674,17 +4683,39 @@ class Probes:
             direct = self.rows("sys_direct")
         except KeyError:        # --direct-slots 0: no such table
             return rows
+        self.direct_seen = [(index, value.tid) for index, value in direct
+                            if value.tid]
         return rows + [(value.tid, value.entry) for _, value in direct
                        if value.tid]
 
-    def free_direct_slots(self, alive):
-        """Free the sys_direct slots of threads not in alive."""
+    def direct_holders(self):
+        """[(slot, tid)] of the sys_direct slots that a thread holds."""
         try:
-            table = self.bpf["sys_direct"]
-        except KeyError:
+            rows = self.rows("sys_direct")
+        except KeyError:        # --direct-slots 0: no such table
+            return []
+        return [(index, value.tid) for index, value in rows if value.tid]
+
+    def free_gone_slots(self):
+        """Between windows: free the slots that the last report read (so
+        before the threads are listed, as tidy() explains) of threads that
+        have exited.  Read there, not again here: decoding every slot
+        takes longer than the gap between two triggers may leave."""
+        holders, self.direct_seen = self.direct_seen, []
+        alive = set(task_list(self.pid)) if holders else set()
+        if alive:
+            self.free_direct_slots(holders, alive)
+
+    def free_direct_slots(self, holders, alive):
+        """Free the slots among holders (direct_holders(), read before
+        alive) of threads not in alive: zeroed (holder and claims), so that
+        another thread can take them.  A thread born after the read cannot
+        lose its slot: it is not among holders."""
+        if not holders:
             return
-        for index, value in self.rows("sys_direct"):
-            if value.tid and value.tid not in alive:
+        table = self.bpf["sys_direct"]
+        for index, tid in holders:
+            if tid not in alive:
                 table[table.Key(index)] = table.Leaf()
 
     def rows(self, name):

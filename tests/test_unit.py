@@ -1579,22 +1579,72 @@ def test_system_call_entries_come_from_both_tables(kd, monkeypatch):
     assert probes.sys_entries() == [(7, entry)]
 
 
-def test_slots_of_threads_that_are_gone_are_freed(kd, monkeypatch):
-    """--long-poll runs for hours: a slot whose thread is gone is zeroed
-    (tid and claims), so that another thread can take it."""
+def fake_direct_probes(kd, monkeypatch, rows, alive, born=()):
+    """A Probes over fake tables: rows of sys_direct as (slot, Row) pairs,
+    the threads task_list() finds, and (slot, tid) of threads born just
+    after it looked, which take a slot at once.  Returns (probes, the
+    sys_direct table as {slot: what was written})."""
     from types import SimpleNamespace as Row
 
-    class Direct(dict):
+    class Table(dict):
         Key = int
 
         @staticmethod
         def Leaf():
             return "zero"
 
-    table = Direct()
-    rows = [(0, Row(tid=0)), (1, Row(tid=9)), (2, Row(tid=10))]
+    def listing(_pid):
+        rows.extend((slot, Row(tid=tid)) for slot, tid in born)
+        return list(alive)
+
+    direct = Table()
     probes = kd.Probes.__new__(kd.Probes)
-    probes.bpf = {"sys_direct": table}
-    monkeypatch.setattr(probes, "rows", lambda name: rows, raising=False)
-    probes.free_direct_slots(alive={10})
-    assert table == {1: "zero"}
+    probes.pid = 1
+    probes.bpf = {"sys_direct": direct, "sched_state": Table(),
+                  "sys_start": Table(), "lp_state": Table(),
+                  "stop_signals": Table()}
+    monkeypatch.setattr(probes, "rows", lambda name: list(
+        rows if name == "sys_direct" else []), raising=False)
+    monkeypatch.setattr(probes, "clear", lambda name: None, raising=False)
+    monkeypatch.setattr(probes, "stop_signals", lambda: [], raising=False)
+    monkeypatch.setattr(kd, "task_list", listing)
+    return probes, direct
+
+
+def test_slots_of_threads_that_are_gone_are_freed(kd, monkeypatch):
+    """--long-poll runs for hours: a slot whose thread is gone is zeroed
+    (tid and claims), so that another thread can take it; a free slot is
+    left alone."""
+    from types import SimpleNamespace as Row
+
+    rows = [(0, Row(tid=0)), (1, Row(tid=9)), (2, Row(tid=10))]
+    probes, direct = fake_direct_probes(kd, monkeypatch, rows, alive={10})
+    probes.tidy(now_ns=0, keep_ns=0)
+    assert direct == {1: "zero"}
+
+
+def test_slots_read_by_a_report_are_freed_before_the_next_window(
+        kd, monkeypatch):
+    """Between windows, the slots the last report read are freed if their
+    thread has exited, once: the next window's report reads them again."""
+    probes, direct = fake_direct_probes(kd, monkeypatch, [], alive={10})
+    probes.direct_seen = [(1, 9), (2, 10)]
+    probes.free_gone_slots()
+    assert direct == {1: "zero"}
+    direct.clear()
+    probes.free_gone_slots()
+    assert direct == {}
+
+
+def test_a_thread_born_while_slots_are_freed_keeps_its_slot(kd,
+                                                            monkeypatch):
+    """The holders are read before the threads are listed: a thread born
+    in between, which takes a slot at once, is not among the holders, so
+    its slot is not taken from it."""
+    from types import SimpleNamespace as Row
+
+    rows = [(1, Row(tid=9))]
+    probes, direct = fake_direct_probes(kd, monkeypatch, rows, alive={10},
+                                        born=[(3, 11)])
+    probes.tidy(now_ns=0, keep_ns=0)
+    assert direct == {1: "zero"}
