@@ -225,6 +225,11 @@ MAX_SHOWN_EVENTS = 10000
 UPCALL_FUNCTION = "ovs_dp_upcall"
 # --long-poll: catches sent per second at most (the rest are counted).
 LONG_POLL_RATE = 10
+# While it waits (in a window, for a trigger, between windows) the tool
+# wakes this often (ms) to see whether the target still runs.  Each
+# wake-up takes a CPU from a thread it measures (about 0.5 ms here, tens
+# of ms under emulation), and it runs as SCHED_FIFO (see Priority).
+WATCH_MS = 1000
 OVS_MODULE = "openvswitch"
 
 
@@ -6989,13 +6994,17 @@ class Priority:
 
     On a saturated node a process at the default priority waits for a CPU
     behind every runnable thread: compiling and reporting took seconds
-    of waiting for well under a second of work.  boost() makes the
-    calling thread SCHED_FIFO at the lowest real-time priority (1) while
-    the tool compiles and reports; normal() puts back what it had, before
-    every window, so that the tool competes as before while it measures.
-    Children do not inherit the boost (SCHED_RESET_ON_FORK).  Without the
-    right to do it (a restricted container), or started with another
-    policy than SCHED_OTHER (chrt), the tool runs as it was.
+    of waiting for well under a second of work, and with 8,000 busy
+    threads a 1 s window closed 15 to 18 s late, when the tool got a CPU
+    back.  boost() makes the calling thread SCHED_FIFO at the lowest
+    real-time priority (1) for the whole run, windows included: inside
+    one the tool sleeps, waking once a second (WATCH_MS) for well under a
+    millisecond, which the threads it measures pay at any priority.
+    normal() puts back what it had (--long-poll, which runs for hours,
+    catches at that priority).  Children do not inherit the boost
+    (SCHED_RESET_ON_FORK).  Without the right to do it (a restricted
+    container), or started with another policy than SCHED_OTHER (chrt),
+    the tool runs as it was.
     """
 
     def __init__(self, enabled=True, saved=None):
@@ -7139,7 +7148,7 @@ class Sampler:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(left, 0.1))
+            time.sleep(min(left, WATCH_MS / 1000))
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the
@@ -7163,7 +7172,7 @@ class Sampler:
                     state == Capture.HOLD:
                 return stopped
             self.check_target()
-            timeout = 100
+            timeout = WATCH_MS
             if deadline is not None:
                 left = (deadline - self.clock()) / 1e6
                 if left <= 0:
@@ -7179,9 +7188,8 @@ class Sampler:
         self.probes.reset()
         self.probes.poll(0)     # drop events of earlier windows
         self.pending = []
-        # Inside a window the tool competes for a CPU like any thread.
+        # The tool stays boosted inside a window (see Priority).
         if args.start_trigger:
-            self.priority.normal()
             self.probes.set_state(Capture.ARMED)
             # Said once armed: whoever reads the line may fire the trigger
             # at once.
@@ -7202,10 +7210,6 @@ class Sampler:
             window.opened = self.wall()
             started = self.clock()
             self.probes.open_window(started)
-            # Only now: a wait for a CPU between the time stamp and the
-            # write would be inside the window, with nothing seen in it (a
-            # thread that woke then would count as on a CPU since start).
-            self.priority.normal()
         window.open_ns = started
         interrupted = False
         try:
@@ -7225,9 +7229,6 @@ class Sampler:
             # Inside a window: report what it holds, then stop.
             interrupted = err
         finally:
-            # Boosted first, so that no wait for a CPU falls between the
-            # write that closes the window and its time stamp.
-            self.priority.boost()
             self.probes.set_state(Capture.HOLD)
             # The end of the periods still open: the close, as the start
             # is the open (not when the report is written).

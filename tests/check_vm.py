@@ -179,10 +179,37 @@ cut -d' ' -f1 /proc/uptime > {out}/booted
 uname -r > {out}/release
 uname -v > {out}/uname-v
 cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
+# For a run cut by the timeout: every 30 s after the first 400 (the tests
+# usually end before; each snapshot costs CPU under emulation), every
+# thread's state, policy, CPU time and where it sleeps (threads.txt, the
+# one before in threads.prev), from a real-time loop that a runaway
+# thread cannot stop.
+snapshot() {{
+    sleep 370
+    while sleep 30; do
+        mv -f {out}/threads.txt {out}/threads.prev 2>/dev/null
+        {{
+            echo "uptime $(cut -d' ' -f1 /proc/uptime) s," \\
+                "load $(cat /proc/loadavg)"
+            echo "tid state policy rtprio utime stime wchan comm"
+            for task in /proc/[0-9]*/task/[0-9]*; do
+                stat=$(cat $task/stat 2>/dev/null) || continue
+                comm=${{stat#*(}}; comm=${{comm%)*}}
+                set -- ${{stat##*) }}
+                echo "${{task##*/}} $1 ${{39}} ${{38}} ${{12}} ${{13}}" \\
+                    "$(cat $task/wchan 2>/dev/null) $comm"
+            done
+        }} > {out}/threads.txt
+    done
+}}
+snapshot &
+snapshots=$!
+chrt -f -p 99 $snapshots >/dev/null 2>&1
 /usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=0 \\
     --junitxml={out}/guest.xml \\
     {tests} > {out}/guest.log 2>&1
 echo $? > {out}/rc
+kill $snapshots
 cut -d' ' -f1 /proc/uptime > {out}/finished
 """
 
@@ -261,8 +288,11 @@ def check_boot(guest):
             guest.release, guest.code, guest.seconds, guest.console[
                 -LOG_TAIL:]))
     assert guest.read("rc") is not None, (
-        "the guest's tests did not finish within {} s:\n{}".format(
-            GUEST_TIMEOUT, guest.log()))
+        "the guest's tests did not finish within {} s:\n{}\n"
+        "---- the guest's threads, 30 s apart (state, policy, real-time "
+        "priority, ticks in user and kernel mode) ----\n{}\n----\n{}"
+        .format(GUEST_TIMEOUT, guest.log(), guest.read("threads.prev"),
+                guest.read("threads.txt")))
 
 
 def junit_name(node_id):

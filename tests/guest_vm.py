@@ -146,8 +146,14 @@ def kprobe_window(workload_bin, name, cmd=None):
         waited = stats["stop"][name][1] - stats["start"][name][1]
         # Each spinner runs about half the time and waits the other half.
         assert on_cpu > 0.3 * delta and waited > 0.3 * delta, out
-        assert abs(run["total"] - on_cpu) <= 0.10 * on_cpu, out
-        assert abs(ready["total"] - waited) <= 0.10 * waited, out
+        # Always runnable, a spinner's schedstat run and wait grow with
+        # the clock: what they hold beyond the window is time outside it
+        # (read late, or a wait that began before it: schedstat adds a
+        # wait when it ends).  Under emulation that was 0.19 s.
+        outside = abs(on_cpu + waited - delta)
+        assert abs(run["total"] - on_cpu) <= 0.10 * on_cpu + outside, out
+        assert abs(ready["total"] - waited) <= 0.10 * waited + outside, \
+            out
         # Always running or queued: together, the whole window.
         assert abs(run["total"] + ready["total"] - delta) < 0.03 * delta
     sleeps = window.threads["kd-sleep"]["SYSCALL"]["clock_nanosleep"]
