@@ -301,12 +301,12 @@ def test_start_and_stop_lines_carry_the_window_edges(kd):
         seconds=steps[:held + 2].count("wall"))
 
 
-def test_priority_changes_sit_outside_the_window_edges(kd):
-    """The tool drops its boost right after the write that opens a window
-    and boosts itself right before the write that closes it: a wait for a
-    CPU between a window's time stamp and that write would be inside the
-    window with nothing seen in it (a thread that woke then would count as
-    on a CPU since the start)."""
+def test_the_boost_is_kept_through_the_windows(kd):
+    """The sampler never drops the tool's boost around a window: at the
+    default priority, on a saturated node, the tool would wait for a CPU
+    to close the window (a 1 s window over 8,000 busy threads closed 15 to
+    18 s late), and between a window's time stamp and the write that
+    opens or closes it."""
     steps = []
 
     class Recording(FakeProbes):
@@ -330,4 +330,4 @@ def test_priority_changes_sit_outside_the_window_edges(kd):
     probes = Recording(kd, report_rows(kd), {2001: "handler12"}, QUIET)
     kd.Sampler(probes, args, io.StringIO(), context(kd, args), clock=Clock(),
                header=header(kd), wall=wall, priority=Priority()).run()
-    assert steps == ["open", "normal", "boost", "hold"] * 2
+    assert steps == ["open", "hold"] * 2
