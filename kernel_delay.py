@@ -227,8 +227,8 @@ UPCALL_FUNCTION = "ovs_dp_upcall"
 LONG_POLL_RATE = 10
 # While it waits (in a window, for a trigger, between windows) the tool
 # wakes this often (ms) to see whether the target still runs.  Each
-# wake-up takes a CPU from a thread it measures (about 0.5 ms here, tens
-# of ms under emulation), and it runs as SCHED_FIFO (see Priority).
+# wake-up takes a CPU from a thread it measures (about 0.5 ms here, some
+# 35 times more under emulation), and it runs as SCHED_FIFO (Priority).
 WATCH_MS = 1000
 OVS_MODULE = "openvswitch"
 
