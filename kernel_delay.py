@@ -3081,8 +3081,8 @@ def build_parser():
                              "poll() calls that lasts MS ms or more, as it "
                              "ends")
     parser.add_argument("--keep-priority", action="store_true",
-                        help="do not run as SCHED_FIFO 1 while compiling "
-                             "and reporting (never done inside a window)")
+                        help="do not run as SCHED_FIFO 1 (by default the "
+                             "whole run, windows included, but --long-poll)")
     parser.add_argument("-D", "--debug", type=debug_flags, nargs="?",
                         const=0x3f, default=0, metavar="FLAGS",
                         help="BCC debug flags, default 0x3f when given")
@@ -6885,8 +6885,8 @@ class Interrupts:
     handler() is the handler.
 
     The first signal ends the run: pending() raises KeyboardInterrupt
-    where the run can stop cleanly, which the waiting loops call at least
-    every 100 ms, and the end of a shield() (loading and attaching the
+    where the run can stop cleanly, which the waiting loops call when a
+    signal wakes them or at least every WATCH_MS, and the end of a shield() (loading and attaching the
     program, which must not be cut in two) and of a writing() section (a
     report: it is what the user waits for).  The handler itself does not
     raise it: it may run inside a ctypes callback (ring buffer events),
@@ -7148,7 +7148,9 @@ class Sampler:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(left, WATCH_MS / 1000))
+            # Short naps: a signal does not cut time.sleep() short (the
+            # handler only notes it).  No window is open here.
+            time.sleep(min(left, 0.1))
 
     def wait_for(self, event_type, deadline=None):
         """Poll until event_type arrives (returns its timestamp) or the

@@ -179,30 +179,32 @@ cut -d' ' -f1 /proc/uptime > {out}/booted
 uname -r > {out}/release
 uname -v > {out}/uname-v
 cp /sys/kernel/btf/vmlinux {out}/vmlinux.btf
-# For a run cut by the timeout: every 30 s after the first 400 (the tests
-# usually end before; each snapshot costs CPU under emulation), every
-# thread's state, policy, CPU time and where it sleeps (threads.txt, the
-# one before in threads.prev), from a real-time loop that a runaway
-# thread cannot stop.
+# For a run cut by the timeout: every 30 s over its last 150 s (earlier,
+# the snapshots would cost the tests CPU under emulation), every thread's
+# state, policy, CPU time and where it sleeps (threads.txt, the one
+# before in threads.prev), from a real-time loop that a runaway thread
+# cannot stop; shell built-ins only, no process per thread.
 snapshot() {{
-    sleep 370
+    sleep {quiet}
     while sleep 30; do
         mv -f {out}/threads.txt {out}/threads.prev 2>/dev/null
         {{
-            echo "uptime $(cut -d' ' -f1 /proc/uptime) s," \\
+            echo "uptime $(cut -d' ' -f1 /proc/uptime) s," \
                 "load $(cat /proc/loadavg)"
             echo "tid state policy rtprio utime stime wchan comm"
             for task in /proc/[0-9]*/task/[0-9]*; do
-                stat=$(cat $task/stat 2>/dev/null) || continue
+                {{ read -r stat < $task/stat; }} 2>/dev/null || continue
+                wchan=
+                {{ read -r wchan < $task/wchan; }} 2>/dev/null
                 comm=${{stat#*(}}; comm=${{comm%)*}}
                 set -- ${{stat##*) }}
-                echo "${{task##*/}} $1 ${{39}} ${{38}} ${{12}} ${{13}}" \\
-                    "$(cat $task/wchan 2>/dev/null) $comm"
+                echo "${{task##*/}} $1 ${{39}} ${{38}} ${{12}} ${{13}}" \
+                    "$wchan $comm"
             done
         }} > {out}/threads.txt
     done
 }}
-snapshot &
+snapshot < /dev/null > /dev/null 2>&1 &
 snapshots=$!
 chrt -f -p 99 $snapshots >/dev/null 2>&1
 /usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=0 \\
@@ -251,6 +253,7 @@ def boot(image, release, tests, out):
     script = os.path.join(out, "run.sh")
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(workload=workload, top=TOP, out=out,
+                                    quiet=max(0, GUEST_TIMEOUT - 150),
                                     tests=" ".join(
                                         "'{}'".format(test)
                                         for test in tests)))
@@ -291,8 +294,9 @@ def check_boot(guest):
         "the guest's tests did not finish within {} s:\n{}\n"
         "---- the guest's threads, 30 s apart (state, policy, real-time "
         "priority, ticks in user and kernel mode) ----\n{}\n----\n{}"
-        .format(GUEST_TIMEOUT, guest.log(), guest.read("threads.prev"),
-                guest.read("threads.txt")))
+        .format(GUEST_TIMEOUT, guest.log(),
+                guest.read("threads.prev", "(none)"),
+                guest.read("threads.txt", "(none)")))
 
 
 def junit_name(node_id):
