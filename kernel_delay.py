@@ -6886,9 +6886,10 @@ class Interrupts:
 
     The first signal ends the run: pending() raises KeyboardInterrupt
     where the run can stop cleanly, which the waiting loops call when a
-    signal wakes them or at least every WATCH_MS, and the end of a shield() (loading and attaching the
-    program, which must not be cut in two) and of a writing() section (a
-    report: it is what the user waits for).  The handler itself does not
+    signal wakes them or at least every WATCH_MS, and the end of a
+    shield() (loading and attaching the program, which must not be cut in
+    two) and of a writing() section (a report: it is what the user waits
+    for).  The handler itself does not
     raise it: it may run inside a ctypes callback (ring buffer events),
     which would swallow the exception.  A second signal while a report is
     being written cuts it short: the handler raises Abort, which also
