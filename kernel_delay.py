@@ -23,8 +23,10 @@ time waiting for a CPU, time stopped, and hard and soft interrupts.  The
 window is either a fixed time or the interval between two trigger events.
 
 The eBPF program takes no kernel struct layout from headers: it uses
-tracepoint fields, and the three task_struct fields it needs (pid, tgid and
-the scheduler state) at offsets read from the running kernel's BTF.
+tracepoint fields, and the few task_struct fields it needs (pid, tgid, the
+scheduler state, on_cpu, the CPU, the ia32 flag) at offsets read from the
+running kernel's BTF, which also names the tracepoints its tp_btf programs
+attach to.
 
 Dependencies: bcc (Debian python3-bpfcc, Fedora/RHEL python3-bcc) and
 psutil (python3-psutil).
@@ -81,15 +83,22 @@ __version__ = "1.0"
 
 # Run as a script, go ahead of a saturated node's threads from the start:
 # importing bcc alone can otherwise wait seconds for a CPU (see Priority,
-# which gets the policy and parameters it found: _STARTED_WITH).
+# which gets the policy and parameters it found: _STARTED_WITH).  An
+# interpreter started by reexec_with_bcc() is boosted already, and finds
+# the policy its caller found in the environment (STARTED_WITH_ENV).
+STARTED_WITH_ENV = "KERNEL_DELAY_STARTED_WITH"
 _STARTED_WITH = None
 if __name__ == "__main__" and "--keep-priority" not in sys.argv[1:]:
     try:
-        if os.sched_getscheduler(0) == os.SCHED_OTHER:
+        _inherited = os.environ.pop(STARTED_WITH_ENV, "")
+        if _inherited:
+            _STARTED_WITH = (int(_inherited.split()[0]),
+                             os.sched_param(int(_inherited.split()[1])))
+        elif os.sched_getscheduler(0) == os.SCHED_OTHER:
             _STARTED_WITH = (os.SCHED_OTHER, os.sched_getparam(0))
             os.sched_setscheduler(0, os.SCHED_FIFO |
                                   os.SCHED_RESET_ON_FORK, os.sched_param(1))
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError, IndexError):
         _STARTED_WITH = None
 
 try:
@@ -276,9 +285,15 @@ typedef @TASK_STATE_TYPE@ task_state_t;
 /* The current task's own fields: with CURRENT_BTF (the kernel has
  * bpf_get_current_task_btf(), Linux 5.11 with BTF) a plain load that the
  * verifier checks against the kernel's BTF; else a bpf_probe_read_kernel()
- * call, some 25 ns more per read here (make bench).  Other tasks come as
- * bare addresses in raw tracepoint arguments: those are always read. */
+ * call, some 25 ns more per read here (make bench).  Other tasks: see
+ * TASK_BTF. */
 #define CURRENT_BTF     @CURRENT_BTF@
+/* Other tasks, the scheduler probes' task arguments: with TASK_BTF those
+ * probes are loaded as BTF-typed tracepoint programs (tp_btf, Linux 5.5
+ * with BTF), whose task arguments the verifier knows, so that their
+ * fields are plain loads too; else raw tracepoints and
+ * bpf_probe_read_kernel(), some 20 ns a read (make bench). */
+#define TASK_BTF        @TASK_BTF@
 /* The system call number in struct pt_regs (x86 orig_ax, arm64
  * syscallno). */
 #define HAVE_REGS_NR    @HAVE_REGS_NR@
@@ -407,6 +422,8 @@ struct budget_t {
     u64 stop_ready;     /* stopped time also counted as ready */
     u64 call_done;      /* the call of the window's start has returned */
     u64 in_use;         /* the fields above are set */
+    u64 slept_nr;       /* sleeps in this system call, summed in slept */
+    u64 slept;          /* (ns) and not in blocked_stats yet */
 };
 
 /* Who held the CPU while a thread waited (see kd_wait_begins()): the
@@ -446,8 +463,8 @@ struct wait_t {
  * comparison at its end.  What needs names goes to a few slots, cleared
  * at their first use in an interval (gen): sleeps by system call, holders
  * of the CPU, hard IRQs; the ns that find no slot go to rest[].  (An entry
- * of its own: inside sched_t it would not fit on the BPF stack where
- * sched_t entries are made.) */
+ * of its own: it would make sched_t, which every thread has, twice as
+ * large.) */
 #define LP_SLOTS 8
 
 struct lp_slot_t {
@@ -504,10 +521,16 @@ BPF_HASH(sys_start, u32, struct sys_start_t, MAX_THREADS);
  * system call needs two.  A thread whose slot another thread holds keeps
  * its entry in sys_start.  A thread never has both: it takes a free slot
  * only when sys_start has no entry for it, and only the thread itself
- * takes it or looks it up.  Slots outlive windows (their window field
- * says which one they hold); user space frees those of threads that are
- * gone before each window, and every few seconds with --long-poll.  0:
- * sys_start only.
+ * takes it.  Slots outlive windows (their window field says which one
+ * they hold); user space frees those of threads that are gone before each
+ * window, and every few seconds with --long-poll.  0: sys_start only.
+ *
+ * The slot holds the thread's scheduler entry too (sched, valid in the
+ * window sched_window), which a switch or a wakeup on any CPU looks up:
+ * one switch needs two.  A thread without a slot has it in sched_state.
+ * Its entry goes to its slot only when kd_sched_find() found none in
+ * sched_state, so one made there before the thread took its slot stays
+ * there for the rest of the window (for a race, see kd_sched_new()).
  */
 #define DIRECT_SLOTS @DIRECT_SLOTS@
 #if DIRECT_SLOTS
@@ -515,12 +538,17 @@ struct sys_direct_t {
     u32 tid;            /* the holder, 0: free */
     u32 claims;         /* claims counted on a free slot */
     struct sys_start_t entry;
+    u64 sched_window;   /* the window of sched (0: none) */
+    struct sched_t sched;
 };
 BPF_ARRAY(sys_direct, struct sys_direct_t, DIRECT_SLOTS);
 #endif
 BPF_HASH(sys_stats, struct sys_key_t, struct acc_t, MAX_SYS_KEYS);
 BPF_HASH(poll_stats, u32, struct acc_t, MAX_THREADS);
 BPF_HASH(sched_state, u32, struct sched_t, MAX_THREADS);
+/* What a new entry of sched_state starts from: a sched_t does not fit on
+ * the BPF stack beside what the programs keep there. */
+BPF_PERCPU_ARRAY(sched_zero, struct sched_t, 1);        /* never written */
 BPF_PERCPU_ARRAY(hardirq_start, struct hardirq_start_t, 1);
 BPF_HASH(hardirq_stats, struct hardirq_key_t, struct acc_t, MAX_IRQ_KEYS);
 BPF_PERCPU_ARRAY(softirq_start, struct softirq_start_t, 1);
@@ -561,33 +589,32 @@ static __always_inline bool kd_is_target(u64 pid_tgid)
     return (pid_tgid >> 32) == MONITOR_TGID;
 }
 
-static __always_inline u32 kd_task_tgid(void *task)
+/* A 32-bit field of a task a scheduler probe was given (see TASK_BTF).
+ * The verifier takes such loads one member at a time. */
+static __always_inline u32 kd_task_u32(void *task, int off)
 {
+#if TASK_BTF
+    return *(u32 *)(task + off);
+#else
     u32 val = 0;
 
-    bpf_probe_read_kernel(&val, sizeof(val), task + TASK_TGID_OFF);
+    bpf_probe_read_kernel(&val, sizeof(val), task + off);
     return val;
-}
-
-static __always_inline u32 kd_task_pid(void *task)
-{
-    u32 val = 0;
-
-    bpf_probe_read_kernel(&val, sizeof(val), task + TASK_PID_OFF);
-    return val;
+#endif
 }
 
 /* pid and tgid of a task as bpf_get_current_pid_tgid() has them; one
- * read where the two fields are neighbours (they are). */
+ * read where the two fields are neighbours (they are), unless loads. */
 static __always_inline u64 kd_task_ids(void *task)
 {
-    if (TASK_TGID_OFF == TASK_PID_OFF + 4) {
+    if (!TASK_BTF && TASK_TGID_OFF == TASK_PID_OFF + 4) {
         u64 val = 0;
 
         bpf_probe_read_kernel(&val, sizeof(val), task + TASK_PID_OFF);
         return val;
     }
-    return (u64)kd_task_tgid(task) << 32 | kd_task_pid(task);
+    return (u64)kd_task_u32(task, TASK_TGID_OFF) << 32 |
+           kd_task_u32(task, TASK_PID_OFF);
 }
 
 static __always_inline u64 kd_task_state(void *task)
@@ -650,11 +677,7 @@ static __always_inline bool kd_restarting(long ret)
 
 static __always_inline bool kd_task_on_cpu(void *task)
 {
-    int val = 0;
-
-    if (HAVE_ON_CPU)
-        bpf_probe_read_kernel(&val, sizeof(val), task + TASK_ON_CPU_OFF);
-    return val != 0;
+    return HAVE_ON_CPU && kd_task_u32(task, TASK_ON_CPU_OFF) != 0;
 }
 
 static __always_inline void kd_acc_add(struct acc_t *acc, u64 delta)
@@ -712,19 +735,79 @@ static __always_inline void kd_emit(u32 type, u64 now)
  * missing start means the kernel did not report an event: the period
  * is left out and counted (COUNTER_SCHED_LOST).
  */
+#if DIRECT_SLOTS
+/* Thread tid's slot of sys_direct if it holds one, else NULL. */
+static __always_inline struct sys_direct_t *kd_direct_of(u32 tid)
+{
+    u32 slot = tid & (DIRECT_SLOTS - 1);
+    struct sys_direct_t *direct = sys_direct.lookup(&slot);
+
+    return direct && direct->tid == tid ? direct : 0;
+}
+#endif
+
+/* Thread tid's scheduler entry of this window (see sys_direct), or
+ * NULL. */
+static __always_inline struct sched_t *kd_sched_find(u32 tid)
+{
+#if DIRECT_SLOTS
+    struct sys_direct_t *direct = kd_direct_of(tid);
+
+    if (direct && direct->sched_window == kd_window_start())
+        return &direct->sched;
+#endif
+    return sched_state.lookup(&tid);
+}
+
+/* A new scheduler entry for thread tid, which kd_sched_find() did not
+ * find: in its slot if it holds one, else in sched_state.  The scheduler
+ * serializes a thread's events (its wakeup, its switches in and out)
+ * under its run queue's lock, so only a rare race (a system call's first
+ * sight of the thread against a wakeup on another CPU) makes two at
+ * once: the first one made is kept where the second one can see it (the
+ * slot's window, sched_state's key).  A race across the two places, the
+ * thread taking its slot meanwhile, leaves it one entry in each, of which
+ * user space keeps the slot's. */
+static __always_inline struct sched_t *kd_sched_new(u32 tid, u64 run_start,
+                                                    u64 switched)
+{
+#if DIRECT_SLOTS
+    struct sys_direct_t *direct = kd_direct_of(tid);
+
+    if (direct) {
+        if (direct->sched_window == kd_window_start())
+            return &direct->sched;
+        __builtin_memset(&direct->sched, 0, sizeof(direct->sched));
+        direct->sched.run_start = run_start;
+        direct->sched.switched = switched;
+        direct->sched_window = kd_window_start();
+        return &direct->sched;
+    }
+#endif
+    u32 key = 0;
+    struct sched_t *zero = sched_zero.lookup(&key);
+
+    if (!zero)
+        return 0;
+    /* -EEXIST if another CPU made it first: only a failed lookup
+     * afterwards means the table is full. */
+    int err = sched_state.insert(&tid, zero);
+    struct sched_t *entry = sched_state.lookup(&tid);
+
+    if (entry && !err) {
+        entry->run_start = run_start;
+        entry->switched = switched;
+    }
+    return entry;
+}
+
 static __always_inline struct sched_t *kd_sched_entry(u32 tid)
 {
-    struct sched_t *entry = sched_state.lookup(&tid);
+    struct sched_t *entry = kd_sched_find(tid);
 
     if (entry)
         return entry;
-
-    struct sched_t zero = {};
-
-    /* Another CPU may create it first (-EEXIST): only a failed lookup
-     * afterwards means the table is full. */
-    sched_state.insert(&tid, &zero);
-    entry = sched_state.lookup(&tid);
+    entry = kd_sched_new(tid, 0, 0);
     if (!entry)
         kd_bump(COUNTER_SCHED_FULL);
     return entry;
@@ -734,12 +817,8 @@ static __always_inline struct sched_t *kd_sched_entry(u32 tid)
  * in the window has been on that CPU since the window opened. */
 static __always_inline void kd_seen_running(u32 tid)
 {
-    if (sched_state.lookup(&tid))
-        return;
-
-    struct sched_t entry = { .run_start = kd_window_start(), .switched = 1 };
-
-    sched_state.insert(&tid, &entry);   /* a racing switch's entry wins */
+    if (!kd_sched_find(tid))
+        kd_sched_new(tid, kd_window_start(), 1);
 }
 
 /* Start of a period that ends now: the stamp, else the window start for
@@ -953,7 +1032,7 @@ static __always_inline void kd_lp_catch(u32 tid, struct sys_start_t *call,
     }
     __sync_fetch_and_add(sent, 1);
 
-    struct sched_t *s = sched_state.lookup(&tid);
+    struct sched_t *s = kd_sched_find(tid);
     struct lp_t *lp = lp_state.lookup(&tid);
     struct lp_event_t *ev = long_polls.ringbuf_reserve(sizeof(*ev));
 
@@ -1058,10 +1137,9 @@ static __always_inline void kd_book_blocked(u32 tid, u32 nr, u64 ns)
 static __always_inline struct sys_start_t *kd_sys_lookup(u32 tid)
 {
 #if DIRECT_SLOTS
-    u32 slot = tid & (DIRECT_SLOTS - 1);
-    struct sys_direct_t *direct = sys_direct.lookup(&slot);
+    struct sys_direct_t *direct = kd_direct_of(tid);
 
-    if (direct && direct->tid == tid)
+    if (direct)
         return &direct->entry;
 #endif
     return sys_start.lookup(&tid);
@@ -1105,10 +1183,19 @@ static __always_inline void kd_budget_wakes(u32 tid, struct sched_t *sched,
     if (!entry || !start || now < start)
         return;
     kd_lp_slept(tid, nr, now - start);
-    if (nr == NR_UNKNOWN)
+    if (nr == NR_UNKNOWN) {
         __sync_fetch_and_add(&entry->unknown, now - start);
-    else
-        kd_book_blocked(tid, nr, now - start);
+        return;
+    }
+    /* Summed in the entry while the thread sleeps in the same call (a
+     * poll() loop, a wait on one pipe); moved to blocked_stats when it
+     * sleeps in another.  User space adds what the entry holds. */
+    if (entry->slept && entry->slept_nr != (u32)nr) {
+        kd_book_blocked(tid, entry->slept_nr, entry->slept);
+        entry->slept = 0;
+    }
+    entry->slept_nr = (u32)nr;
+    entry->slept += now - start;
 }
 
 /* The call a target thread was in when the window opened returns: its
@@ -1118,7 +1205,7 @@ static __always_inline void kd_budget_call_known(u32 tid, long nr)
     /* On a CPU: seen running, if this is its first event. */
     kd_seen_running(tid);
 
-    struct budget_t *entry = kd_budget_entry(sched_state.lookup(&tid));
+    struct budget_t *entry = kd_budget_entry(kd_sched_find(tid));
 
     if (!entry)
         return;
@@ -1186,11 +1273,7 @@ static __always_inline void kd_hold_switch(struct cpu_hold_t *hold, u64 now,
 
 static __always_inline u32 kd_task_cpu(void *task)
 {
-    u32 val = 0;
-
-    if (HAVE_TASK_CPU)
-        bpf_probe_read_kernel(&val, sizeof(val), task + TASK_CPU_OFF);
-    return val;
+    return HAVE_TASK_CPU ? kd_task_u32(task, TASK_CPU_OFF) : 0;
 }
 
 /* The thread's wait ends (it is on a CPU): uncount it; returns CPU + 1
@@ -1355,7 +1438,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
 
     if (sig < 18 || sig > 22 || !kd_capturing())
         return 0;
-    if (target != MONITOR_TGID && !sched_state.lookup(&target))
+    if (target != MONITOR_TGID && !kd_sched_find(target))
         return 0;
 
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -1670,9 +1753,18 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 }
 
 /* ---- Scheduler: on CPU, waiting for a CPU, stopped ------------------- */
+/* Attached by user space (Session.attach_scheduler()): as tp_btf programs
+ * with TASK_BTF, else as raw tracepoints.  Either way ctx->args[] holds the
+ * tracepoint's arguments. */
+#define KD_SCHED_PROBE(event) \
+    int kd_##event(struct bpf_raw_tracepoint_args *ctx)
+
 
 static __always_inline void kd_ready_since(void *task, bool new_task)
 {
+    if (!task)          /* (never; but a tp_btf argument may be NULL) */
+        return;
+
     u64 ids = kd_task_ids(task);
 
     if (!kd_is_target(ids) || !kd_capturing())
@@ -1697,13 +1789,13 @@ static __always_inline void kd_ready_since(void *task, bool new_task)
 }
 
 /* args: struct task_struct *p */
-RAW_TRACEPOINT_PROBE(sched_wakeup)
+KD_SCHED_PROBE(sched_wakeup)
 {
     kd_ready_since((void *)ctx->args[0], false);
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sched_wakeup_new)
+KD_SCHED_PROBE(sched_wakeup_new)
 {
     kd_ready_since((void *)ctx->args[0], true);
     return 0;
@@ -1714,19 +1806,23 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
  * count and account move too (what its first CPU held it for so far is
  * booked now).  Migrations are rare next to switches; other tasks leave
  * at the test. */
-RAW_TRACEPOINT_PROBE(sched_migrate_task)
+KD_SCHED_PROBE(sched_migrate_task)
 {
     if (!kd_capturing())
         return 0;
 
     void *task = (void *)ctx->args[0];
+
+    if (!task)
+        return 0;
+
     u64 ids = kd_task_ids(task);
 
     if (!kd_is_target(ids))
         return 0;
 
     u32 tid = ids;
-    struct sched_t *entry = sched_state.lookup(&tid);
+    struct sched_t *entry = kd_sched_find(tid);
 
     /* A wakeup places a sleeping thread first: it waits nowhere yet. */
     if (!entry || !entry->wait.cpu)
@@ -1746,15 +1842,20 @@ RAW_TRACEPOINT_PROBE(sched_migrate_task)
 /* args: bool preempt, struct task_struct *prev, struct task_struct *next
  * (and unsigned int prev_state since 5.18).  It fires in __schedule()
  * before the switch, so current is still prev. */
-RAW_TRACEPOINT_PROBE(sched_switch)
+KD_SCHED_PROBE(sched_switch)
 {
     /* Every switch on the machine comes here: outside a window, leave
      * before reading anything of the tasks. */
     if (!kd_capturing())
         return 0;
 
+    void *next = (void *)ctx->args[2];
+
+    if (!next)
+        return 0;
+
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 next_ids = kd_task_ids((void *)ctx->args[2]);
+    u64 next_ids = kd_task_ids(next);
     u32 cpu = bpf_get_smp_processor_id();
     struct cpu_hold_t *hold = cpu_hold.lookup(&cpu);
     u64 window = kd_window_start();
@@ -1901,7 +2002,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
     /* The old ID ran until now, and is gone. */
     kd_seen_running(old);
-    entry = sched_state.lookup(&old);
+    entry = kd_sched_find(old);
     if (entry && (entry->run_start || !entry->switched))
         kd_close_run(entry, now);
     /* The new ID (the leader's, which has exited) runs from now on. */
@@ -2200,7 +2301,7 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
                       skip_poll_events=False, stack_size=0,
                       upcall_keys=0, tracer_nrs=(-1, -1), cpus=None,
                       long_poll_ns=None, current_btf=False,
-                      direct_slots=None):
+                      task_btf=False, direct_slots=None):
     """The complete eBPF C program.
 
     layout is a TaskLayout; with source "headers" the offsets come from
@@ -2219,9 +2320,11 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
     long_poll_ns: None, or catch the intervals between two poll() calls
     of a thread this long (--long-poll).  current_btf: read the current
     task's fields with plain loads through bpf_get_current_task_btf()
-    (see current_task_btf_supported()).  direct_slots: the entries of the
-    direct-mapped table of system call entries (a power of two, or 0 for
-    none), by default max_threads rounded up to a power of two.
+    (see current_task_btf_supported()).  task_btf: the scheduler probes
+    are tp_btf programs (see task_btf_supported()).  direct_slots: the
+    entries of the direct-mapped table of system call entries (a power of
+    two, or 0 for none), by default max_threads rounded up to a power of
+    two.
     """
     if layout.source == "headers":
         headers = "#include <linux/sched.h>"
@@ -2296,6 +2399,7 @@ def render_bpf_source(pid, layout, poll_nrs, page_count=1024,
         "MAX_HOLDER_KEYS": 8 * int(max_threads),
         "MAX_CPUS": int(cpus or possible_cpus()),
         "CURRENT_BTF": int(bool(current_btf)),
+        "TASK_BTF": int(bool(task_btf)),
         "DIRECT_SLOTS": (round_up_pow2(int(max_threads))
                          if direct_slots is None else int(direct_slots)),
         "HISTOGRAM": int(bool(histogram)),
@@ -2555,6 +2659,9 @@ class TaskLayout:
     compat_offset: Optional[int] = None
     # The CPU whose run queue the task is on (absent on UP kernels).
     cpu_offset: Optional[int] = None
+    # (event, BTF id of its btf_trace_<event> typedef) of SCHED_EVENTS,
+    # what a tp_btf program names to attach; () when BTF lacks one.
+    sched_btf_ids: Tuple[Tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -2692,6 +2799,8 @@ class RunContext:
     layout: Optional[TaskLayout] = None     # where task_struct's fields are
     triggers: List[Tuple[str, "Trigger"]] = field(default_factory=list)
     upcalls: bool = False   # the upcall probe is compiled in, to attach
+    # The scheduler probes are tp_btf programs (task_btf_supported()).
+    task_btf: bool = False
     max_threads: int = 0    # entries of the per-thread tables
 
     @property
@@ -3092,6 +3201,10 @@ def build_parser():
     # (0: the hash table only).
     parser.add_argument("--direct-slots", type=direct_slots,
                         help=argparse.SUPPRESS)
+    # The scheduler probes as raw tracepoints even where tp_btf programs
+    # work: make bench compares the two, the tests keep both honest.
+    parser.add_argument("--no-task-btf", action="store_true",
+                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -3312,7 +3425,18 @@ def task_layout_from_btf(data):
                       regs_nr_offset=regs_nr[0] // 8 if regs_nr else None,
                       regs_nr_size=btf.size(regs_nr[1]) if regs_nr else 8,
                       compat_offset=compat,
-                      cpu_offset=task_cpu_offset(btf, members))
+                      cpu_offset=task_cpu_offset(btf, members),
+                      sched_btf_ids=sched_btf_ids(btf))
+
+
+def sched_btf_ids(btf):
+    """((event, type id), ...) of the btf_trace_<event> typedefs of
+    SCHED_EVENTS, () if BTF lacks one (before Linux 5.5)."""
+    try:
+        return tuple((event, btf.find(BTF_KIND_TYPEDEF, "btf_trace_" + event))
+                     for event in SCHED_EVENTS)
+    except BtfError:
+        return ()
 
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -3507,17 +3631,69 @@ def current_task_btf_supported(layout, syscall=bpf_syscall):
         insns.append(bpf_insn(0x61 | sizes[size], dst=1, src=6, off=offset))
     insns += [bpf_insn(0xb7, dst=0, imm=0),                       # r0 = 0
               bpf_insn(0x95)]                                     # exit
-    insns = b"".join(insns)
+    fd, _, _ = load_program(BPF_PROG_TYPE_RAW_TRACEPOINT, b"".join(insns),
+                            b"kd_probe_btf", syscall=syscall)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_RAW_TP = 23
+SCHED_EVENTS = ("sched_switch", "sched_wakeup", "sched_wakeup_new",
+                "sched_migrate_task")
+
+
+def load_program(prog_type, insns, name, attach_btf_id=0, log_size=0,
+                 syscall=bpf_syscall):
+    """Load eBPF instructions (GPL): (fd, errno, verifier log).  With
+    attach_btf_id, a tp_btf program for that btf_trace_* typedef."""
     code = ctypes.create_string_buffer(insns, len(insns))
     license = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(log_size or 1)
     # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns,
     # license, log_level, log_size, log_buf, kern_version, prog_flags,
-    # prog_name; the rest zero.
-    attr = struct.pack("<IIQQIIQII16s", BPF_PROG_TYPE_RAW_TRACEPOINT,
-                       len(insns) // 8, ctypes.addressof(code),
-                       ctypes.addressof(license), 0, 0, 0, 0, 0,
-                       b"kd_probe_btf") + bytes(64)
-    fd, _ = syscall(BPF_PROG_LOAD, attr)
+    # prog_name, prog_ifindex, expected_attach_type, prog_btf_fd,
+    # func_info_rec_size, func_info, func_info_cnt, line_info_rec_size,
+    # line_info, line_info_cnt, attach_btf_id; the rest zero.
+    attr = struct.pack(
+        "<IIQQIIQII16sIIIIQIIQII", prog_type, len(insns) // 8,
+        ctypes.addressof(code), ctypes.addressof(license),
+        1 if log_size else 0, log_size, ctypes.addressof(log) if log_size
+        else 0, 0, 0, name[:15], 0,
+        BPF_TRACE_RAW_TP if attach_btf_id else 0, 0, 0, 0, 0, 0, 0, 0,
+        attach_btf_id)
+    fd, err = syscall(BPF_PROG_LOAD, attr + bytes(128 - len(attr)))
+    return fd, err, log.value.decode("utf-8", "replace")
+
+
+def task_btf_supported(layout, syscall=bpf_syscall):
+    """Whether the scheduler probes can be tp_btf programs that read
+    their task arguments' fields with plain loads (TASK_BTF): the BTF
+    names their attach points, and the verifier accepts loads of the
+    fields they read at the offsets in layout.  Found by loading (and
+    closing) a small sched_switch program that loads them from next;
+    False also when loading is not allowed, and for a layout from kernel
+    headers."""
+    if layout.source != "btf" or not layout.sched_btf_ids:
+        return False
+    offsets = [layout.pid_offset, layout.tgid_offset]
+    offsets += [offset for offset in (layout.on_cpu_offset,
+                                      layout.cpu_offset) if offset is not None]
+    if any(not 0 <= offset < 1 << 15 for offset in offsets):
+        return False
+    # r6 = ctx->args[2] (next); if r6 == 0 skip the loads; r1 = *(u32 *)
+    # (r6 + offset) for each; r0 = 0; exit.
+    insns = [bpf_insn(0x79, dst=6, src=1, off=16),
+             bpf_insn(0x15, dst=6, off=len(offsets))]
+    insns += [bpf_insn(0x61, dst=1, src=6, off=offset) for offset in offsets]
+    insns += [bpf_insn(0xb7, dst=0, imm=0), bpf_insn(0x95)]
+    fd, _, _ = load_program(BPF_PROG_TYPE_TRACING, b"".join(insns),
+                            b"kd_probe_tp_btf",
+                            dict(layout.sched_btf_ids)["sched_switch"],
+                            syscall=syscall)
     if fd < 0:
         return False
     os.close(fd)
@@ -4640,10 +4816,9 @@ class Probes:
                 (tuple(getattr(key, field) for field in fields) if fields
                  else (key,), Acc.of(value)) for key, value in self.rows(name)]
         opened = self.capture_values()[1]
-        sys_entries = self.sys_entries()
+        sys_entries, sched = self.thread_entries(opened)
         rows["sys_stats"] = add_pending_calls(rows["sys_stats"],
                                               sys_entries, opened)
-        sched = self.rows("sched_state")
         sched_rows, starts, lost = split_sched_state(sched)
         rows.update(sched_rows)
         threads = collect_threads(rows)
@@ -4654,8 +4829,9 @@ class Probes:
         add_open_periods(threads, starts, end_ns)
         budget_rows = {"open_stops": open_stops,
                        "budget_state": budget_state_rows(sched)}
-        budget_rows["blocked_stats"] = [
-            ((key.tid, key.nr), ns) for key, ns in self.rows("blocked_stats")]
+        budget_rows["blocked_stats"] = add_pending_sleeps(
+            [((key.tid, key.nr), ns)
+             for key, ns in self.rows("blocked_stats")], sched)
         hist = self.rows("hist") if self.histogram else []
         # (sys_start entries of earlier windows or with no call in
         # progress are left out below.)
@@ -4679,19 +4855,26 @@ class Probes:
                           "<unknown:{}/{}>".format(self.pid, tid))
         return threads
 
-    def sys_entries(self):
-        """[(tid, struct sys_start_t)] of every thread with a system call
-        entry: those in sys_start, and those holding a slot of sys_direct
-        (see the C).  Each thread is in one of the two."""
-        rows = self.rows("sys_start")
+    def thread_entries(self, window):
+        """([(tid, struct sys_start_t)], [(tid, struct sched_t)]): the
+        system call entry of every thread that has one, and the scheduler
+        entry of the window that opened at window: those in sys_start and
+        sched_state, and those in the slots of sys_direct (see the C).  A
+        thread's entry is in one of the two."""
+        calls, sched = self.rows("sys_start"), self.rows("sched_state")
         try:
             direct = self.rows("sys_direct")
         except KeyError:        # --direct-slots 0: no such table
-            return rows
+            return calls, sched
+        held = [value for _, value in direct if value.tid]
         self.direct_seen = [(index, value.tid) for index, value in direct
                             if value.tid]
-        return rows + [(value.tid, value.entry) for _, value in direct
-                       if value.tid]
+        slotted = [(value.tid, value.sched) for value in held
+                   if value.sched_window == window]
+        # (Both only after a rare race: see kd_sched_new().)
+        mine = {tid for tid, _ in slotted}
+        return (calls + [(value.tid, value.entry) for value in held],
+                [row for row in sched if row[0] not in mine] + slotted)
 
     def direct_holders(self):
         """[(slot, tid)] of the sys_direct slots that a thread holds."""
@@ -4713,9 +4896,9 @@ class Probes:
 
     def free_direct_slots(self, holders, alive):
         """Free the slots among holders (direct_holders(), read before
-        alive) of threads not in alive: zeroed (holder and claims), so that
-        another thread can take them.  A thread born after the read cannot
-        lose its slot: it is not among holders."""
+        alive) of threads not in alive: zeroed (holder, claims and both
+        entries), so that another thread can take them.  A thread born
+        after the read cannot lose its slot: it is not among holders."""
         if not holders:
             return
         table = self.bpf["sys_direct"]
@@ -4924,6 +5107,19 @@ def budget_state_rows(entries):
                       budget.stop_ready, budget.call_done))
             for tid, budget in ((tid, value.budget) for tid, value in entries)
             if budget.in_use]
+
+
+def add_pending_sleeps(rows, entries):
+    """The blocked_stats rows [((tid, nr), ns)] with the sleeps that the
+    scheduler entries [(tid, struct sched_t)] still hold (their budget's
+    slept ns in call slept_nr)."""
+    merged = dict(rows)
+    for tid, value in entries:
+        budget = value.budget
+        if budget.in_use and budget.slept:
+            key = (tid, budget.slept_nr)
+            merged[key] = merged.get(key, 0) + budget.slept
+    return list(merged.items())
 
 
 def add_open_periods(threads, starts, end):
@@ -7608,6 +7804,72 @@ class CapturedStderr:
         return last_line_of(self.text, default)
 
 
+class CompilerExit:
+    """Some compiler errors (an eBPF program over the 512-byte stack, say)
+    end the process inside bcc: LLVM calls exit(1), no exception reaches
+    Python, and the run would end with nothing said.  While armed (around
+    the compile), a handler registered with the C library's exit handlers
+    (through ctypes) turns that exit into the tool's ERROR line and exit
+    code (70), after the cleanup given.  Disarming takes the handler off
+    the C library's list (__cxa_finalize() of its own handle): a normal
+    exit comes after Python has shut down, when no Python code may run.
+    Only with glibc (musl's __cxa_finalize() removes nothing)."""
+
+    def __init__(self, cleanup, errors):
+        self.cleanup, self.errors = cleanup, errors
+        self.armed = False
+        self.handle = ctypes.create_string_buffer(1)    # our DSO handle
+        self.handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._on_exit)
+        self.register = None
+        # musl has both functions, but its __cxa_finalize() removes
+        # nothing: the handler would outlive Python.
+        if platform.libc_ver()[0] != "glibc":
+            return
+        try:
+            libc = ctypes.CDLL(None)
+            register = getattr(libc, "__cxa_atexit")
+            self.finalize = getattr(libc, "__cxa_finalize")
+        except (AttributeError, OSError):
+            return
+        register.argtypes = [ctypes.c_void_p] * 3
+        register.restype = ctypes.c_int
+        self.finalize.argtypes = [ctypes.c_void_p]
+        self.finalize.restype = None
+        self.register = register
+
+    def __enter__(self):
+        if self.register is not None:
+            self.armed = self.register(
+                ctypes.cast(self.handler, ctypes.c_void_p), None,
+                ctypes.addressof(self.handle)) == 0
+        return self
+
+    def __exit__(self, *exc):
+        if self.armed:
+            self.armed = False
+            # Runs the handler (now a no-op) and removes it.
+            self.finalize(ctypes.addressof(self.handle))
+        return False
+
+    def _on_exit(self, _arg):
+        if not self.armed:
+            return
+        self.armed = False
+        try:
+            text, fd = "", 2
+            if not self.errors.passthrough:
+                self.errors.file.seek(0)
+                text = self.errors.file.read()
+                fd = self.errors.saved
+            self.cleanup()
+            message = load_failure(Exception("the compiler exited"), text,
+                                   True)
+            os.write(fd, "ERROR: {}\n".format(one_line(message)).encode(
+                "utf-8", "replace"))
+        finally:
+            os._exit(os.EX_SOFTWARE)
+
+
 def last_line_of(text, default):
     """The last line worth showing of what C code wrote (clang's context
     lines, "In file included from" and indented source, are not)."""
@@ -7772,6 +8034,50 @@ def usdt_contexts(triggers, verified):
     return contexts
 
 
+def attach_scheduler(bpf, btf_ids, fds):
+    """Attach the scheduler probes (KD_SCHED_PROBE, kd_<event>): as tp_btf
+    programs when btf_ids (TaskLayout.sched_btf_ids, compiled with
+    TASK_BTF), else as raw tracepoints through bcc.  bcc loads neither
+    kind itself: it knows no tp_btf programs, and would load kd_<event>
+    as raw tracepoints on its own only by their name.  The descriptors of
+    the tp_btf programs and links are appended to fds, whose closing
+    detaches them.  Returns None, or why the kernel refused one: a line
+    for a tp_btf program, bcc's exception for a raw tracepoint."""
+    for event in SCHED_EVENTS:
+        fn_name = ("kd_" + event).encode()
+        if not btf_ids:
+            try:
+                bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn_name)
+            except Exception as err:
+                return err
+            continue
+        start = bcc.lib.bpf_function_start(bpf.module, fn_name)
+        insns = ctypes.string_at(start, bcc.lib.bpf_function_size(
+            bpf.module, fn_name))
+        btf_id = dict(btf_ids)[event]
+        fd, err, _ = load_program(BPF_PROG_TYPE_TRACING, insns,
+                                  event.encode(), btf_id)
+        if fd < 0:
+            # Again with the verifier's log, for the reason.
+            again, _, log = load_program(BPF_PROG_TYPE_TRACING, insns,
+                                         event.encode(), btf_id, 1 << 24)
+            if again >= 0:
+                os.close(again)
+            reason = verifier_reason(log) or last_line_of(log, "")
+            return "{}: {}{}".format(event, os.strerror(err),
+                                     ": " + one_line(reason) if reason
+                                     else "")
+        fds.append(fd)
+        # union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name (NULL: the
+        # program's attach point), prog_fd.
+        link, err = bpf_syscall(BPF_RAW_TRACEPOINT_OPEN,
+                                struct.pack("<QI", 0, fd) + bytes(52))
+        if link < 0:
+            return "{}: {}".format(event, os.strerror(err))
+        fds.append(link)
+    return None
+
+
 class Session:
     """Owns everything a run sets up, and undoes it on close()."""
 
@@ -7779,6 +8085,7 @@ class Session:
         self.tree = None
         self.mounted = None
         self.bpf = None
+        self.fds = []       # tp_btf programs and links (attach_scheduler())
         self.upcall_note = None     # why the upcall probe did not attach
         self.interrupts = interrupts or Interrupts()
 
@@ -7787,6 +8094,8 @@ class Session:
         handlers = {sig: signal.signal(sig, signal.SIG_IGN)
                     for sig in END_SIGNALS}
         try:
+            while self.fds:
+                os.close(self.fds.pop())
             if self.bpf is not None:
                 self.bpf.cleanup()
                 self.bpf = None
@@ -7825,8 +8134,9 @@ class Session:
         with CapturedStderr(args.debug) as errors:
             contexts = usdt_contexts(ctx.triggers, verified)
             try:
-                self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
-                                   debug=args.debug)
+                with CompilerExit(self.close, errors):
+                    self.bpf = bcc.BPF(text=source, usdt_contexts=contexts,
+                                       debug=args.debug)
             except Exception as err:
                 failure = err
             else:
@@ -7837,6 +8147,18 @@ class Session:
         if failure:
             raise Fatal(load_failure(failure, errors.text,
                                      ringbuf_supported()), os.EX_SOFTWARE)
+        with CapturedStderr(args.debug) as errors:
+            refused = attach_scheduler(
+                self.bpf, ctx.layout.sched_btf_ids if ctx.task_btf else (),
+                self.fds)
+        if refused and ctx.task_btf:
+            raise Fatal("the kernel refused the scheduler probe {} as a "
+                        "tp_btf program; run the tool with --no-task-btf "
+                        "(raw tracepoints), and report this with the output "
+                        "of uname -a".format(refused), os.EX_SOFTWARE)
+        if refused:
+            raise Fatal(load_failure(refused, errors.text, True),
+                        os.EX_SOFTWARE)
         with CapturedStderr(args.debug) as errors:
             try:
                 attach_triggers(self.bpf, ctx.triggers, ctx.pid)
@@ -7950,6 +8272,7 @@ def run(args, out, command=(), interrupts=None):
         max_threads=(table_threads(count) if args.max_threads is None
                      else args.max_threads))
     table_note = table_warning(count, ctx.max_threads)
+    ctx.task_btf = not args.no_task_btf and task_btf_supported(ctx.layout)
     # Upcall statistics are for ovs-vswitchd only, and the probe is
     # compiled in only when it will be attached.
     upcall_note = None
@@ -7968,7 +8291,7 @@ def run(args, out, command=(), interrupts=None):
         tracer_nrs=tracer_syscalls(table),
         long_poll_ns=args.long_poll,
         current_btf=current_task_btf_supported(ctx.layout),
-        direct_slots=args.direct_slots)
+        task_btf=ctx.task_btf, direct_slots=args.direct_slots)
     if args.ebpf:
         write_out(out, source)
         return os.EX_OK
@@ -8103,8 +8426,12 @@ def reexec_with_bcc():
             # The command as typed, for the report's header.
             os.environ[REEXEC] = sys.argv[0] or "1"
             script = os.path.abspath(sys.argv[0])
-            if _STARTED_WITH:   # the other interpreter boosts itself
-                os.sched_setscheduler(0, *_STARTED_WITH)
+            # The other interpreter starts boosted (a saturated node would
+            # keep it waiting minutes for a CPU before its first line):
+            # it is told the policy found here.
+            if _STARTED_WITH:
+                os.environ[STARTED_WITH_ENV] = "{} {}".format(
+                    _STARTED_WITH[0], _STARTED_WITH[1].sched_priority)
             os.execv(candidate, [candidate, script] + sys.argv[1:])
 
 

@@ -61,7 +61,7 @@ SysSlot = _row("sys_slot_t", "nr pad acc", acc=AccRow())
 SysStart = _row("sys_start_t", "window ts nr poll_ret restart_nr restarting "
                 "slots", slots=(SysSlot(),) * 4)
 Budget = _row("budget_t", "sleep_start sleep_nr unknown stop_ready call_done "
-              "in_use")
+              "in_use slept_nr slept")
 Named = _row("named_t", "pid tgid ns comm", comm="")
 Wait = _row("wait_t", "cpu pad snap held moved named since",
             snap=(0, 0, 0), held=(0, 0, 0), named=(Named(),) * 4)
@@ -251,9 +251,10 @@ def run_json(args, on_start=None, timeout=90):
     return code, docs, "".join(err)
 
 
-def start_tool(args, **kwargs):
-    """kernel_delay.py in the background, its pid noted for leftovers()."""
-    proc = subprocess.Popen([SCRIPT] + list(args), cwd=TOP,
+def start_tool(args, cmd=None, **kwargs):
+    """kernel_delay.py (or cmd) in the background, its pid noted for
+    leftovers()."""
+    proc = subprocess.Popen((cmd or [SCRIPT]) + list(args), cwd=TOP,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, **kwargs)
     RUN_PIDS.append(proc.pid)

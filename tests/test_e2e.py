@@ -19,8 +19,9 @@ import pytest
 import report
 import workload_ctl
 from conftest import (BURST, DATAGRAMS, MSEC, NSEC, SCRIPT, SHORT_CALLS,
-                      Capture, assert_agrees, leftovers, one_error_line,
-                      run_tool, sigstop_window, spin_cpu, tracefs_mounts,
+                      Capture, assert_agrees, file_text, leftovers,
+                      one_error_line, run_tool, script_module, sigstop_window,
+                      spin_cpu, start_tool, tool_policy, tracefs_mounts,
                       wait_named)
 
 
@@ -123,6 +124,69 @@ def test_long_poll_is_the_gap_between_polls(busy):
         thread["SYSCALL"]["clock_nanosleep"]["total"])
     # Threads that never poll have no LONG POLL section.
     assert busy.thread("kd-sleep").get("LONG POLL") is None
+
+
+def sched_links(pid):
+    """How the scheduler probes of the tool (pid) are attached: {event:
+    "tp_btf" or "raw"}, from its links' fdinfo (a tp_btf program's link is
+    a raw tracepoint link too) and its programs' types."""
+    kd = script_module()
+    links, types = {}, {}
+    for fd in os.listdir("/proc/{}/fdinfo".format(pid)):
+        fields = {key: value.strip() for key, value in (
+            line.split(":", 1) for line in file_text(
+                "/proc/{}/fdinfo/{}".format(pid, fd)).splitlines()
+            if ":" in line)}
+        if fields.get("tp_name") in kd.SCHED_EVENTS:
+            links[fields["tp_name"]] = int(fields["prog_id"])
+        elif "prog_type" in fields and "prog_id" in fields:
+            types[int(fields["prog_id"])] = int(fields["prog_type"])
+    kinds = {kd.BPF_PROG_TYPE_TRACING: "tp_btf",
+             kd.BPF_PROG_TYPE_RAW_TRACEPOINT: "raw"}
+    return {event: kinds.get(types.get(prog)) for event, prog in
+            links.items()}
+
+
+@pytest.mark.parametrize("option, kind", [([], "tp_btf"),
+                                          (["--no-task-btf"], "raw")])
+def test_scheduler_probes_are_tp_btf_programs_unless_told(option, kind):
+    """On a kernel with BTF the scheduler probes are tp_btf programs,
+    which read their task arguments with plain loads; the hidden
+    --no-task-btf keeps the raw tracepoints of older kernels."""
+    kd = script_module()
+    assert kd.task_btf_supported(kd.choose_layout())
+    seen = {}
+    code, out, err = run_tool(["-p", str(os.getpid()), "--sample-time",
+                               "1"] + option,
+                              on_start=lambda proc: seen.update(
+                                  sched_links(proc.pid)))
+    assert code == 0, err
+    assert seen == {event: kind for event in kd.SCHED_EVENTS}
+    assert leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def busy_raw(workload_bin):
+    """Two spinners sharing a CPU for 2 s, with the scheduler probes as
+    raw tracepoints (--no-task-btf)."""
+    with workload_ctl.Workload(workload_bin, spin_cpu=spin_cpu()) as load:
+        load.wait_spinners_sharing()
+        yield Capture(load, ["--sample-time", "2", "--no-task-btf"])
+
+
+@pytest.mark.parametrize("name", ["kd-spin1", "kd-spin2"])
+def test_raw_tracepoints_match_schedstat_too(busy_raw, name):
+    """The raw tracepoint probes (kernels without tp_btf) read the tasks
+    with bpf_probe_read_kernel(): their run and ready times agree with
+    the kernel's within 10 % as well."""
+    thread = busy_raw.thread(name)
+    lost = thread.get("LOST", 0)
+    assert lost <= 3 + 0.05 * thread["THREAD RUN"]["count"], busy_raw.out
+    assert_agrees(thread["THREAD RUN"]["total"], busy_raw.delta(name, 0),
+                  0.10, busy_raw.skew(), lost, busy_raw.out)
+    assert_agrees(thread["THREAD READY"]["total"], busy_raw.delta(name, 1),
+                  0.10, busy_raw.skew(), lost, busy_raw.out,
+                  busy_raw.before(name))
 
 
 @pytest.mark.parametrize("name", ["kd-spin1", "kd-spin2"])
@@ -288,11 +352,27 @@ def test_runs_from_an_interpreter_without_bcc(workload_bin, tmp_path):
     python = str(venv / "bin" / "python3")
     assert subprocess.run([python, "-c", "import bcc"],
                           stderr=subprocess.DEVNULL).returncode != 0
+    policies = []
     with workload_ctl.Workload(workload_bin) as load:
         code, out, err = run_tool(["-p", str(load.pid), "--sample-time",
-                                   "0.3"], cmd=[python, SCRIPT])
-    assert code == 0, err
-    assert "kd-sleep" in report.parse(out)[0].threads
+                                   "0.3"], cmd=[python, SCRIPT],
+                                  on_start=lambda proc: policies.append(
+                                      tool_policy(proc.pid)))
+        assert code == 0, err
+        assert "kd-sleep" in report.parse(out)[0].threads
+        # Boosted in both interpreters; --long-poll catches at the policy
+        # the first one was started with, which the second one was told.
+        proc = start_tool(["-p", str(load.pid), "--long-poll", "1000"],
+                          cmd=[python, SCRIPT])
+        try:
+            for line in proc.stdout:
+                if line.startswith("# Catching"):
+                    policies.append(tool_policy(proc.pid))
+                    break
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+    assert policies == [1, 0]
 
     env = dict(os.environ, KERNEL_DELAY_REEXEC="1")
     code, out, err = run_tool(["-p", "1"], cmd=[python, SCRIPT], env=env)

@@ -575,3 +575,25 @@ def test_a_rejected_program_is_told_in_the_verifiers_words(kd):
                            "tracepoint__raw_syscalls__sys_enter: ")
     assert "invalid access to map value" in line
     assert "ring buffers" not in line and "\n" not in line
+
+
+def test_a_compiler_that_exits_leaves_one_error_line(load, tmp_path):
+    """LLVM ends the process with exit(1) on some errors (an eBPF program
+    over the 512-byte stack): no exception reaches Python.  A copy of the
+    script whose wakeup probe keeps a 900-byte struct on the stack still
+    ends with one ERROR line, exit code 70, and no include tree left."""
+    text = file_text(SCRIPT)
+    probe = "KD_SCHED_PROBE(sched_wakeup)\n{\n"
+    assert text.count(probe) == 1
+    big = ("BPF_HASH(kd_big_map, u32, struct lp_t, 1);\n\n" + probe +
+           "    struct lp_t kd_big = {};\n    u32 kd_key = 0;\n\n"
+           "    kd_big.start = bpf_ktime_get_ns();\n"
+           "    kd_big_map.update(&kd_key, &kd_big);\n")
+    copy = tmp_path / "kernel_delay.py"
+    copy.write_text(text.replace(probe, big))
+    code, out, err = run_tool(["-p", str(load.pid), "--sample-time", "1"],
+                              cmd=[sys.executable, str(copy)])
+    one_error_line(code, err, os.EX_SOFTWARE, "BPF stack limit of 512 bytes")
+    assert out == ""
+    assert trees_of(RUN_PIDS[-1]) == []
+    assert leftovers() == []

@@ -7,6 +7,7 @@ None of them needs root or bcc.
 import argparse
 import ctypes
 import datetime
+import errno
 import io
 import os
 import re
@@ -1522,13 +1523,84 @@ def test_btf_load_probe_loads_what_the_program_reads(kd):
     assert kd.current_task_btf_supported(headers, syscall=None) is False
 
 
+def test_tp_btf_probe_loads_the_task_fields_of_next(kd):
+    """The tp_btf probe is a sched_switch program (attach type
+    BPF_TRACE_RAW_TP, the typedef's BTF id) that loads pid, tgid, on_cpu
+    and the CPU from next (ctx->args[2]) past a NULL test; a refusal
+    means raw tracepoints."""
+    seen = []
+
+    def refused(cmd, attr):
+        attach_type, = struct.unpack_from("<I", attr, 68)
+        btf_id, = struct.unpack_from("<I", attr, 108)
+        seen.append((cmd, attach_type, btf_id) + probe_program(attr))
+        return -1, 22
+
+    layout = kd.TaskLayout(1264, 1268, 24, 4, on_cpu_offset=52,
+                           cpu_offset=20,
+                           sched_btf_ids=(("sched_switch", 10306),
+                                          ("sched_wakeup", 10302)))
+    assert kd.task_btf_supported(layout, syscall=refused) is False
+    ((cmd, attach_type, btf_id, prog_type, insns),) = seen
+    assert (cmd, prog_type, attach_type, btf_id) == \
+        (kd.BPF_PROG_LOAD, 26, 23, 10306)
+    # r6 = *(u64 *)(r1 + 16); if r6 == 0 skip the 4 loads.
+    assert insns[:2] == [(0x79, 6 | 1 << 4, 16, 0), (0x15, 6, 4, 0)]
+    assert [insn[2] for insn in insns[2:6]] == [1264, 1268, 52, 20]
+    assert all(insn[:2] == (0x61, 1 | 6 << 4) for insn in insns[2:6])
+    assert insns[6:] == [(0xb7, 0, 0, 0), (0x95, 0, 0, 0)]
+
+    # Accepted: tp_btf.  Without the typedefs (before 5.5) or from kernel
+    # headers: no attempt.
+    with open(os.devnull) as null:
+        def loaded(cmd, attr):
+            return os.dup(null.fileno()), 0
+        assert kd.task_btf_supported(layout, syscall=loaded) is True
+        bare = kd.TaskLayout(1264, 1268, 24, 4)
+        assert kd.task_btf_supported(bare, syscall=loaded) is False
+        headers = kd.TaskLayout(0, 0, 0, 0, source="headers",
+                                sched_btf_ids=layout.sched_btf_ids)
+        assert kd.task_btf_supported(headers, syscall=loaded) is False
+
+
+def test_sched_btf_ids_name_the_running_kernels_typedefs(kd):
+    """The ids are those of btf_trace_<event> typedefs in the running
+    kernel's BTF, one per scheduler probe."""
+    if not os.path.exists(kd.BTF_PATH):
+        pytest.skip("the running kernel has no BTF")
+    with open(kd.BTF_PATH, "rb") as blob:
+        btf = kd.Btf(blob.read())
+    ids = dict(kd.sched_btf_ids(btf))
+    assert sorted(ids) == sorted(kd.SCHED_EVENTS)
+    for event, type_id in ids.items():
+        name_off, kind, _, _, _ = btf._type(type_id)
+        assert (kind, btf._name(name_off)) == \
+            (kd.BTF_KIND_TYPEDEF, "btf_trace_" + event)
+
+
+@pytest.mark.parametrize("task_btf", [False, True])
+def test_task_argument_reads_follow_the_tp_btf_probe(kd, task_btf):
+    """The choice reaches the C as TASK_BTF (which picks plain loads or
+    bpf_probe_read_kernel() in kd_task_u32()), and the scheduler probes
+    are functions user space attaches, not bcc's RAW_TRACEPOINT_PROBE,
+    which bcc would attach as raw tracepoints by itself."""
+    source = kd.render_bpf_source(1, layout(kd, "btf"), POLL_NRS,
+                                  task_btf=task_btf)
+    assert c_define(source, "TASK_BTF") == str(int(task_btf))
+    assert re.search(r"kd_task_u32\(.*?#if TASK_BTF\n.*?return \*\(u32 \*\)"
+                     r".*?#else\n.*?bpf_probe_read_kernel", source, re.S)
+    for event in kd.SCHED_EVENTS:
+        assert "KD_SCHED_PROBE({})".format(event) in source
+        assert "RAW_TRACEPOINT_PROBE({})".format(event) not in source
+
+
 @pytest.mark.parametrize("current_btf", [False, True])
 def test_current_task_fields_follow_the_probe(kd, current_btf):
     source = kd.render_bpf_source(1, layout(kd, "btf"), POLL_NRS,
                                   current_btf=current_btf)
     assert c_define(source, "CURRENT_BTF") == str(int(current_btf))
     # prev is current at sched_switch: its state is the current task's.
-    switch = source[source.index("RAW_TRACEPOINT_PROBE(sched_switch)"):]
+    switch = source[source.index("KD_SCHED_PROBE(sched_switch)"):]
     assert "kd_current_state()" in switch.split("\n}\n")[0]
 
 
@@ -1551,10 +1623,10 @@ def test_direct_slots_default_to_the_tables_threads(kd):
 
 
 class FakeTables:
-    """Probes' view of two tables of system call entries."""
+    """Probes' view of the tables of system call and scheduler entries."""
 
-    def __init__(self, hashed, direct):
-        self.tables = {"sys_start": hashed}
+    def __init__(self, hashed, sched, direct):
+        self.tables = {"sys_start": hashed, "sched_state": sched}
         if direct is not None:
             self.tables["sys_direct"] = direct
 
@@ -1562,21 +1634,25 @@ class FakeTables:
         return self.tables[name]
 
 
-def test_system_call_entries_come_from_both_tables(kd, monkeypatch):
-    """Threads in the hash table, and those holding a slot of the direct
-    table (free slots, tid 0, are no thread's)."""
+def test_thread_entries_come_from_both_tables(kd, monkeypatch):
+    """Threads in the hash tables, and those holding a slot of the direct
+    table (free slots, tid 0, are no thread's); a slot's scheduler entry
+    only when it is of the window asked for."""
     from types import SimpleNamespace as Row
-    entry = Row(window=5)
-    hashed = [(7, entry)]
-    direct = [(0, Row(tid=0, entry=Row(window=5))),
-              (1, Row(tid=9, entry=entry))]
+    entry, sched = Row(window=5), Row(run_start=1)
+    direct = [(0, Row(tid=0, entry=Row(window=5), sched_window=5,
+                      sched=sched)),
+              (1, Row(tid=9, entry=entry, sched_window=5, sched=sched)),
+              (2, Row(tid=10, entry=entry, sched_window=4, sched=sched))]
     probes = kd.Probes.__new__(kd.Probes)
-    probes.bpf = FakeTables(hashed, direct)
+    probes.bpf = FakeTables([(7, entry)], [(8, sched)], direct)
     monkeypatch.setattr(probes, "rows", lambda name: probes.bpf[name],
                         raising=False)
-    assert probes.sys_entries() == [(7, entry), (9, entry)]
-    probes.bpf = FakeTables(hashed, None)
-    assert probes.sys_entries() == [(7, entry)]
+    assert probes.thread_entries(5) == (
+        [(7, entry), (9, entry), (10, entry)], [(8, sched), (9, sched)])
+    assert probes.direct_seen == [(1, 9), (2, 10)]
+    probes.bpf = FakeTables([(7, entry)], [(8, sched)], None)
+    assert probes.thread_entries(5) == ([(7, entry)], [(8, sched)])
 
 
 def fake_direct_probes(kd, monkeypatch, rows, alive, born=()):
@@ -1648,3 +1724,76 @@ def test_a_thread_born_while_slots_are_freed_keeps_its_slot(kd,
                                         born=[(3, 11)])
     probes.tidy(now_ns=0, keep_ns=0)
     assert direct == {1: "zero"}
+
+
+def test_sleeps_still_in_the_scheduler_entries_are_added(kd):
+    """A wakeup sums the sleeps of one system call in the thread's entry
+    and moves them to blocked_stats only when it sleeps in another: the
+    report adds what the entries still hold, to the same call's row or to
+    a row of its own; an entry whose budget is not in use holds nothing."""
+    def entry(in_use, slept_nr, slept):
+        return Sched(budget=Budget(in_use=in_use, slept_nr=slept_nr,
+                                   slept=slept))
+    rows = [((7, 0), 100), ((7, 23), 5)]
+    entries = [(7, entry(1, 0, 40)), (8, entry(1, 7, 3)),
+               (9, entry(0, 0, 0)), (10, entry(1, 7, 0))]
+    assert sorted(kd.add_pending_sleeps(rows, entries)) == \
+        [((7, 0), 140), ((7, 23), 5), ((8, 7), 3)]
+
+
+def test_a_refused_tp_btf_probe_is_named_with_the_verifiers_words(
+        kd, monkeypatch):
+    """attach_scheduler() loads each scheduler program as tp_btf for its
+    typedef; a refusal is tried again with the verifier's log, and told as
+    the program, the error and the log's last line.  Nothing is kept."""
+    from types import SimpleNamespace
+    code = ctypes.create_string_buffer(16)
+
+    class Lib:
+        @staticmethod
+        def bpf_function_start(module, name):
+            return ctypes.addressof(code)
+
+        @staticmethod
+        def bpf_function_size(module, name):
+            return 16
+
+    calls = []
+
+    def load(prog_type, insns, name, attach_btf_id=0, log_size=0):
+        calls.append((prog_type, len(insns), name, attach_btf_id,
+                      bool(log_size)))
+        return -1, errno.EACCES, VERIFIER_LOG_6_1
+    monkeypatch.setattr(kd, "bcc", SimpleNamespace(lib=Lib))
+    monkeypatch.setattr(kd, "load_program", load)
+    fds = []
+    why = kd.attach_scheduler(SimpleNamespace(module=None),
+                              (("sched_switch", 5), ("sched_wakeup", 6)),
+                              fds)
+    assert why == "sched_switch: Permission denied: R2 unbounded memory " \
+        "access, make sure to bounds check any such access"
+    assert calls == [(26, 16, b"sched_switch", 5, False),
+                     (26, 16, b"sched_switch", 5, True)]
+    assert fds == []
+
+
+def test_a_refused_raw_tracepoint_is_bccs_exception(kd):
+    """Without tp_btf the scheduler programs go through bcc's raw
+    tracepoint attach; its exception comes back whole, for load_failure()
+    to read (the verifier's reason is in the captured log)."""
+    from types import SimpleNamespace
+    refused = Exception("Failed to load BPF program b'kd_sched_switch': "
+                        "Permission denied")
+    attached = []
+
+    def attach(tp, fn_name):
+        attached.append((tp, fn_name))
+        raise refused
+    fds = []
+    bpf = SimpleNamespace(attach_raw_tracepoint=attach)
+    assert kd.attach_scheduler(bpf, (), fds) is refused
+    assert attached == [(b"sched_switch", b"kd_sched_switch")]
+    assert fds == []
+    assert kd.load_failure(refused, VERIFIER_LOG_6_1, True).startswith(
+        "the kernel's verifier rejected the eBPF program kd_sched_switch: "
+        "R2 unbounded memory access")

@@ -16,7 +16,11 @@ hits them alike, and the minimum of the rounds kept:
             with the reason, when either is missing;
   hash      the same with --direct-slots 0 (a hidden option): its system
             call entries in the hash table only, as before the direct-
-            mapped table; the line after the table compares the two;
+            mapped table; the lines after the table compare the two;
+  raw       the same with --no-task-btf (a hidden option): the scheduler
+            probes as raw tracepoints that read tasks with
+            bpf_probe_read_kernel(), as on kernels without tp_btf, against
+            tp_btf programs with plain loads (the default here);
   tool      kernel_delay.py capturing a window on the target workload.
 
 The set-ups are compared by what they add above the floor: "tool / orig"
@@ -360,7 +364,8 @@ def fd_fields(path):
 
 def fdinfo(pid):
     """{prog_id: [hook, run ns, runs]} of the programs process pid holds:
-    the hook is a raw tracepoint's name, else the program's ID."""
+    the hook is a raw tracepoint's name (a tp_btf program's link is a raw
+    tracepoint link too), else the program's ID."""
     progs, hooks = {}, {}
     base = "/proc/{}/fdinfo".format(pid)
     for fd in os.listdir(base):
@@ -705,19 +710,27 @@ def long_poll_lines(best):
     return lines
 
 
+LEVERS = (("hash", "hash only", "direct",
+           "its system call entries in the hash table only "
+           "(--direct-slots 0) and in the direct-mapped table (default)"),
+          ("raw", "raw tp", "tp_btf",
+           "its scheduler probes as raw tracepoints (--no-task-btf) and "
+           "as tp_btf programs (default)"))
+
+
 def lever_lines(best):
-    """The direct-mapped table of system call entries against the hash
-    table alone (--direct-slots 0), above the floor, from the same run."""
-    lines = ["lever, same run: the tool above the floor with its system "
-             "call entries in the hash table only (--direct-slots 0) and "
-             "in the direct-mapped table (default):"]
-    for title, unit, key in ROWS:
-        floor = best["floor"][key]
-        hashed, direct = (best[setup][key] - floor
-                          for setup in ("hash", "tool"))
-        lines.append("  {:26} {:>7} {:>8} hash only {:>8} direct "
-                     "({:+.0f})".format(title, unit, fmt(hashed, unit),
-                                        fmt(direct, unit), direct - hashed))
+    """Each lever: the tool without it against the tool (which has them
+    all), above the floor, from the same run."""
+    lines = []
+    for setup, without, with_, what in LEVERS:
+        lines.append("lever, same run: the tool above the floor with " +
+                     what + ":")
+        for title, unit, key in ROWS:
+            floor = best["floor"][key]
+            off, on = (best[name][key] - floor for name in (setup, "tool"))
+            lines.append("  {:26} {:>7} {:>8} {:9} {:>8} {} ({:+.0f})"
+                         .format(title, unit, fmt(off, unit), without,
+                                 fmt(on, unit), with_, on - off))
     return lines
 
 
@@ -849,7 +862,7 @@ def run(args, binary, original):
     floor = Floor()
     command, env = original
     setups = ("bare", "floor") + (("original",) if command else ()) + \
-        ("hash", "tool")
+        ("hash", "raw", "tool")
     best = {setup: {} for setup in setups}
     launches = {"floor": [], "tool": []}
     try:
@@ -864,6 +877,8 @@ def run(args, binary, original):
                         tool = Tool(target.pid, command=command, env=env)
                     elif setup == "hash":
                         tool = Tool(target.pid, ["--direct-slots", "0"])
+                    elif setup == "raw":
+                        tool = Tool(target.pid, ["--no-task-btf"])
                     elif setup == "tool":
                         tool = Tool(target.pid)
                         launches["tool"].append(tool.launch)
